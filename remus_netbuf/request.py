@@ -1,0 +1,116 @@
+"""What libxl asked for: the command, ``vifname``, ``XENBUS_PATH`` and ``REMUS_IFB``.
+
+libxl runs ``remus-netbuf-setup setup|teardown`` with the names in the environment; Xen's shell
+scripts also accept ``name=value`` arguments that override it (``evalVariables``). Here they are
+parsed, never evaluated, and only the three names the contract defines are accepted. Everything is
+validated before anything is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import BadRequest
+
+COMMANDS = ("setup", "teardown")
+VARIABLES = ("vifname", "XENBUS_PATH", "REMUS_IFB")
+IFNAMSIZ = 16  # the kernel's limit, NUL included: names are at most 15 bytes
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]+")
+_XENBUS = re.compile(r"/libxl/(0|[1-9][0-9]{0,4})/remus/netbuf/(0|[1-9][0-9]{0,8})")
+DOMID_FIRST_RESERVED = 0x7FF0  # xen/include/public/xen.h: domids at or above are not guests
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated hotplug request."""
+
+    command: str
+    vif: str
+    xenbus_path: str
+    remus_ifb: str | None
+
+    @property
+    def domid(self) -> int:
+        return xenbus_ids(self.xenbus_path)[0]
+
+    @property
+    def devid(self) -> int:
+        return xenbus_ids(self.xenbus_path)[1]
+
+
+def check_ifname(value: str, what: str) -> str:
+    """Return ``value`` if it is an interface name we accept, else raise BadRequest.
+
+    Stricter than the kernel (which allows any byte but ``/``, ``:`` and white space): the
+    netbuf names come from libxl (``vifD.N``, ``ifbN``) or a guest config's ``vifname=``, and a
+    name with shell metacharacters or non-ASCII is far more likely an attack than a vif.
+    """
+    if not value:
+        raise BadRequest(detail=f"{what} is empty")
+    if not value.isascii() or not _IFNAME.fullmatch(value) or value in (".", ".."):
+        raise BadRequest(
+            detail=f"{what} {_show(value)} is not an interface name (letters, digits, '_.-')"
+        )
+    if len(value.encode()) >= IFNAMSIZ:
+        raise BadRequest(detail=f"{what} {_show(value)} is longer than {IFNAMSIZ - 1} bytes")
+    return value
+
+
+def xenbus_ids(path: str) -> tuple[int, int]:
+    """Return (domid, devid) of a ``/libxl/<domid>/remus/netbuf/<devid>`` path, or raise."""
+    match = _XENBUS.fullmatch(path) if path.isascii() else None
+    if match is None or not 0 < int(match.group(1)) < DOMID_FIRST_RESERVED:
+        raise BadRequest(
+            detail=f"XENBUS_PATH {_show(path)} is not /libxl/<domid>/remus/netbuf/<devid>"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def valid_xenbus_path(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """The XENBUS_PATH in force if it is valid, else None: where hotplug-error may be written."""
+    try:
+        path = _variables(argv, environ).get("XENBUS_PATH")
+        if path is not None:
+            xenbus_ids(path)
+        return path
+    except BadRequest:
+        return None
+
+
+def parse_request(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
+    """Validate ``argv`` (command then ``name=value`` words) over ``environ``."""
+    if not argv or argv[0] not in COMMANDS:
+        given = _show(argv[0]) if argv else "nothing"
+        raise BadRequest(detail=f"command must be setup or teardown, got {given}")
+    values = _variables(argv, environ)
+    for name in ("vifname", "XENBUS_PATH"):
+        if name not in values:
+            raise BadRequest(detail=f"{name} is not set")
+    xenbus_ids(values["XENBUS_PATH"])
+    vif = check_ifname(values["vifname"], "vifname")
+    remus_ifb = values.get("REMUS_IFB") or None
+    if remus_ifb is not None:
+        check_ifname(remus_ifb, "REMUS_IFB")
+    return Request(argv[0], vif, values["XENBUS_PATH"], remus_ifb)
+
+
+def _variables(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    values = {name: environ[name] for name in VARIABLES if name in environ}
+    for word in argv[1:]:
+        name, sep, value = word.partition("=")
+        if not sep:
+            raise BadRequest(detail=f"unexpected argument {_show(word)} (want name=value)")
+        if name not in VARIABLES:
+            raise BadRequest(
+                detail=f"unknown variable {_show(name)} (accepted: {', '.join(VARIABLES)})"
+            )
+        values[name] = value
+    return values
+
+
+def _show(value: str) -> str:
+    """Quote untrusted text for a one-line message, escaping anything unprintable."""
+    clipped = value if len(value) <= 40 else value[:40] + "..."
+    return repr(clipped).encode("ascii", "backslashreplace").decode("ascii")
