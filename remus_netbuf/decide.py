@@ -1,0 +1,123 @@
+"""Decisions as plain functions over plain data: no kernel, no xenstore, no clock.
+
+Which IFB is free, what name a new one gets, and what a teardown must undo are decided here from
+snapshots the side-effect modules took, so each rule is unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+NETBUF_ROOT = "/libxl"
+
+
+@dataclass(frozen=True)
+class Ifb:
+    """An IFB device as the kernel shows it."""
+
+    name: str
+    root_qdisc: str | None  # kind of the root qdisc; None when only the default is attached
+    up: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``/libxl/<domid>/remus/netbuf/<devid>/ifb = <ifb>``: a netbuf's claim on an IFB."""
+
+    domid: int
+    devid: int
+    ifb: str
+
+    @property
+    def path(self) -> str:
+        return netbuf_path(self.domid, self.devid)
+
+
+def netbuf_path(domid: int, devid: int) -> str:
+    return f"{NETBUF_ROOT}/{domid}/remus/netbuf/{devid}"
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key that puts ifb2 before ifb10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def live_claims(claims: Iterable[Claim], live_domids: Collection[int]) -> list[Claim]:
+    """The claims whose domain still exists; a dead domain's claim is ignored."""
+    return [claim for claim in claims if claim.domid in live_domids]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The outcome of picking: an IFB name, or None with the reason listing every IFB's owner."""
+
+    ifb: str | None
+    reason: str
+
+
+def pick_ifb(
+    ifbs: Iterable[Ifb], claims: Iterable[Claim], live_domids: Collection[int], own_path: str
+) -> Choice:
+    """Pick the first free IFB in natural order.
+
+    Free means: its root qdisc is not ``plug`` and no live domain's netbuf claims it. A claim at
+    ``own_path`` is our own (left by an earlier run for this same netbuf) and is about to be
+    overwritten, so it does not make an IFB busy.
+    """
+    owners: dict[str, list[str]] = {}
+    for claim in live_claims(claims, live_domids):
+        if claim.path != own_path:
+            owners.setdefault(claim.ifb, []).append(f"domain {claim.domid} vif {claim.devid}")
+    busy = []
+    for ifb in sorted(ifbs, key=lambda i: natural_key(i.name)):
+        if ifb.name in owners:
+            busy.append(f"{ifb.name} (claimed by {', '.join(owners[ifb.name])})")
+        elif ifb.root_qdisc == "plug":
+            busy.append(f"{ifb.name} (has a plug, unclaimed)")
+        else:
+            return Choice(ifb.name, f"{ifb.name} is free")
+    if not busy:
+        return Choice(None, "there are no IFB devices")
+    return Choice(None, "all busy: " + "; ".join(busy))
+
+
+def next_ifb_name(existing: Collection[str]) -> str:
+    """The lowest ``ifbN`` not taken by any link."""
+    number = 0
+    while f"ifb{number}" in existing:
+        number += 1
+    return f"ifb{number}"
+
+
+@dataclass(frozen=True)
+class TeardownPlan:
+    """What a teardown undoes beyond what it always undoes (the vif's ingress, the status nodes)."""
+
+    free_ifb: str | None  # bring down and unplug this IFB
+    remove_claim: bool  # remove XENBUS_PATH/ifb
+    why: str
+
+
+def plan_teardown(
+    remus_ifb: str | None, own_claim: str | None, claimed_elsewhere: Collection[str]
+) -> TeardownPlan:
+    """Decide which IFB a teardown frees.
+
+    ``remus_ifb`` is what libxl passed (absent after a failed setup), ``own_claim`` the value of
+    ``XENBUS_PATH/ifb``, ``claimed_elsewhere`` the IFBs claimed by other live netbufs. An IFB is
+    freed only when this netbuf's claim names it and no other live netbuf claims it too.
+    """
+    if own_claim is None:
+        target = remus_ifb or "no IFB"
+        return TeardownPlan(None, False, f"no claim at XENBUS_PATH: {target} left alone")
+    if remus_ifb is not None and remus_ifb != own_claim:
+        return TeardownPlan(
+            None, False, f"claim is {own_claim}, not REMUS_IFB {remus_ifb}: both left alone"
+        )
+    if own_claim in claimed_elsewhere:
+        return TeardownPlan(
+            None, True, f"{own_claim} is also claimed by another netbuf: only the claim removed"
+        )
+    return TeardownPlan(own_claim, True, f"freeing {own_claim}")
