@@ -1,0 +1,347 @@
+"""All netlink: every kernel query and change of the netbuf goes through this module (pyroute2).
+
+Nothing else imports pyroute2. Every verb works in the namespace the session was opened for, and
+logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device it
+touches, so an admin can read the log and replay it. Kernel errors are translated here into
+:class:`KernelError` (or :class:`KernelLacks` when a module is missing); data crossing the
+boundary is small dataclasses, never netlink messages.
+
+pyroute2 pitfalls this module steps around: the plug's ``action`` must be a full name
+(``'TCQ_PLUG_BUFFER'`` ...) since an integer silently becomes BUFFER; a plug added without ``limit``
+gets limit 0 and drops every packet; ``tc('dump-filter')`` is broken in the sync API (we use
+``get-filter``); ``IPRoute(netns=...)`` creates the namespace unless ``flags=0``; deleting a missing
+ingress qdisc fails with EINVAL, so we look before we delete.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .decide import Ifb
+from .errors import KernelError, KernelLacks
+
+log = logging.getLogger("remus_netbuf")
+
+TC_H_ROOT = 0xFFFFFFFF
+INGRESS_PARENT = 0xFFFF0000  # "ffff:", where ingress filters hang
+ETH_P = {"all": 0x0003, "ip": 0x0800}
+PROTOCOL_SETS = {"all": ("all",), "ip": ("ip",)}
+FILTER_PREF = 10  # the preference Xen's shell script uses
+MIRRED_EGRESS_REDIRECT = 1
+# tc's words for the plug actions -> the names pyroute2 wants (never integers: see above)
+PLUG_ACTIONS = {
+    "buffer": "TCQ_PLUG_BUFFER",
+    "release_one": "TCQ_PLUG_RELEASE_ONE",
+    "release_indefinite": "TCQ_PLUG_RELEASE_INDEFINITE",
+    "limit": "TCQ_PLUG_LIMIT",
+}
+_LACKS_QDISC = {
+    "plug": ("sch_plug", "CONFIG_NET_SCH_PLUG"),
+    "ingress": ("sch_ingress", "CONFIG_NET_SCH_INGRESS"),
+}
+_LACKS_IFB = ("ifb", "CONFIG_IFB")
+_LACKS_U32 = ("cls_u32", "CONFIG_NET_CLS_U32")
+_LACKS_MIRRED = ("act_mirred", "CONFIG_NET_ACT_MIRRED")
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None
+    up: bool
+
+
+@dataclass(frozen=True)
+class QdiscStats:
+    """Counters of a qdisc; backlog is what the plug holds right now."""
+
+    kind: str
+    bytes: int
+    packets: int
+    backlog_bytes: int
+    backlog_packets: int
+    drops: int
+    requeues: int
+    overlimits: int
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """An ingress filter on a vif that redirects to a device (``ifb`` is None if it is gone)."""
+
+    protocol: str
+    pref: int
+    ifb: str | None
+
+
+def link_exists(name: str) -> bool:
+    """Cheap existence check in the caller's namespace (an ioctl; pyroute2 not loaded)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+class Netlink:
+    """One rtnetlink session in one namespace (``None``: the caller's own)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        from pyroute2 import IPRoute
+
+        self.netns = netns
+        self._tc = f"tc -n {netns}" if netns else "tc"
+        self._ip = f"ip -n {netns}" if netns else "ip"
+        try:
+            if netns is None:
+                self._ipr = IPRoute(groups=0, ext_ack=True)
+            else:
+                self._ipr = IPRoute(netns=netns, flags=0, groups=0, ext_ack=True)
+        except OSError as err:
+            where = f"namespace {netns}" if netns else "the current namespace"
+            raise KernelError(detail=f"cannot open netlink in {where}: {err}") from None
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def link(self, name: str) -> Link | None:
+        """The link called ``name``, or None."""
+        try:
+            with self._request(f"look up {name}"):
+                msg = self._ipr.link("get", ifname=name)[0]
+        except KernelError as err:
+            if err.fields.get("code") == errno.ENODEV:
+                return None
+            raise
+        return _link(msg)
+
+    def links(self) -> list[Link]:
+        with self._request("list links"):
+            return [_link(msg) for msg in self._ipr.get_links()]
+
+    def ifbs(self) -> list[Ifb]:
+        """Every IFB with its root qdisc kind: two dumps, however many IFBs there are."""
+        ifbs = [link for link in self.links() if link.kind == "ifb"]
+        roots = self._root_qdiscs()
+        return [Ifb(link.name, roots.get(link.index), link.up) for link in ifbs]
+
+    def root_qdisc(self, name: str) -> str | None:
+        """Kind of the root qdisc on ``name`` (None if the device is gone)."""
+        link = self.link(name)
+        return None if link is None else self._root_qdiscs(link.index).get(link.index)
+
+    def has_ingress(self, name: str) -> bool:
+        index = self._index(name)
+        with self._request(f"list qdiscs of {name}"):
+            qdiscs = self._ipr.get_qdiscs(index=index)
+        return any(q.get_attr("TCA_KIND") == "ingress" for q in qdiscs)
+
+    def redirects(self, vif: str) -> list[Redirect]:
+        """The mirred egress redirects on ``vif``'s ingress, with the device they point at."""
+        index = self._index(vif)
+        if not self.has_ingress(vif):
+            return []
+        with self._request(f"list filters of {vif}"):
+            filters = self._ipr.tc("get-filter", index=index, parent=INGRESS_PARENT)
+        names = {link.index: link.name for link in self.links()}
+        protocols = {socket.htons(v): k for k, v in ETH_P.items()}
+        found = []
+        for msg in filters:
+            for target in _mirred_targets(msg):
+                proto = msg["info"] & 0xFFFF
+                found.append(
+                    Redirect(protocols.get(proto, hex(proto)), msg["info"] >> 16, names.get(target))
+                )
+        return found
+
+    def stats(self, name: str) -> QdiscStats | None:
+        """Counters of the root qdisc on ``name`` (None if only the default is there)."""
+        index = self._index(name)
+        with self._request(f"read qdisc stats of {name}"):
+            qdiscs = self._ipr.get_qdiscs(index=index)
+        for q in qdiscs:
+            if q["parent"] == TC_H_ROOT and q["handle"] != 0:
+                return _stats(q)
+        return None
+
+    # --- changes ----------------------------------------------------------------------------
+
+    def create_ifb(self, name: str) -> None:
+        self._say(name, f"{self._ip} link add {name} type ifb")
+        with self._request(f"create {name}", lacks=_LACKS_IFB):
+            self._ipr.link("add", ifname=name, kind="ifb")
+
+    def delete_link(self, name: str, missing_ok: bool = True) -> bool:
+        if missing_ok and self.link(name) is None:
+            return False
+        self._say(name, f"{self._ip} link del {name}")
+        with self._request(f"delete {name}"):
+            self._ipr.link("del", index=self._index(name))
+        return True
+
+    def set_up(self, name: str, up: bool) -> None:
+        state = "up" if up else "down"
+        self._say(name, f"{self._ip} link set dev {name} {state}")
+        with self._request(f"set {name} {state}"):
+            self._ipr.link("set", index=self._index(name), state=state)
+
+    def add_plug(self, ifb: str, limit: int) -> None:
+        self._say(ifb, f"{self._tc} qdisc add dev {ifb} root plug limit {limit}")
+        with self._request(f"add plug to {ifb}", lacks=_LACKS_QDISC["plug"]):
+            self._ipr.tc("add", "plug", self._index(ifb), limit=limit)
+
+    def remove_plug(self, ifb: str) -> bool:
+        """Delete the root qdisc of ``ifb`` if it is a plug; False if there was none."""
+        if self.root_qdisc(ifb) != "plug":
+            return False
+        self._say(ifb, f"{self._tc} qdisc del dev {ifb} root")
+        with self._request(f"remove plug from {ifb}"):
+            self._ipr.tc("del", index=self._index(ifb), parent=TC_H_ROOT)
+        return True
+
+    def plug(self, ifb: str, action: str, limit: int = 0) -> None:
+        """Drive the plug on ``ifb``: one of PLUG_ACTIONS (``limit`` only for ``limit``)."""
+        words = f"limit {limit}" if action == "limit" else action
+        self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
+        with self._request(f"plug {words} on {ifb}", lacks=_LACKS_QDISC["plug"]):
+            self._ipr.tc(
+                "change", "plug", self._index(ifb), action=PLUG_ACTIONS[action], limit=limit
+            )
+
+    def add_ingress(self, vif: str) -> None:
+        self._say(vif, f"{self._tc} qdisc add dev {vif} ingress")
+        with self._request(f"add ingress qdisc to {vif}", lacks=_LACKS_QDISC["ingress"]):
+            self._ipr.tc("add", "ingress", self._index(vif), INGRESS_PARENT)
+
+    def remove_ingress(self, vif: str) -> bool:
+        """Delete ``vif``'s ingress qdisc and so its filters; False if vif or qdisc is gone."""
+        if self.link(vif) is None or not self.has_ingress(vif):
+            return False
+        self._say(vif, f"{self._tc} qdisc del dev {vif} ingress")
+        with self._request(f"remove ingress qdisc from {vif}"):
+            self._ipr.tc("del", "ingress", self._index(vif), INGRESS_PARENT)
+        return True
+
+    def add_redirect(self, vif: str, ifb: str, protocols: str) -> None:
+        """Match-all u32 filter(s) on ``vif``'s ingress: mirred egress redirect to ``ifb``."""
+        vif_index, ifb_index = self._index(vif), self._index(ifb)
+        for proto in PROTOCOL_SETS[protocols]:
+            self._say(
+                vif,
+                f"{self._tc} filter add dev {vif} parent ffff: protocol {proto} pref {FILTER_PREF}"
+                f" u32 match u32 0 0 action mirred egress redirect dev {ifb}",
+            )
+            with self._request(f"add redirect filter on {vif} to {ifb}", lacks=_LACKS_U32):
+                self._ipr.tc(
+                    "add-filter",
+                    "u32",
+                    vif_index,
+                    parent=INGRESS_PARENT,
+                    protocol=ETH_P[proto],
+                    prio=FILTER_PREF,
+                    target=INGRESS_PARENT | 1,  # pyroute2 always sends a classid; unused here
+                    keys=["0x0/0x0+0"],
+                    action=[
+                        {
+                            "kind": "mirred",
+                            "direction": "egress",
+                            "action": "redirect",
+                            "ifindex": ifb_index,
+                        }
+                    ],
+                )
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _index(self, name: str) -> int:
+        link = self.link(name)
+        if link is None:
+            raise KernelError(detail=f"device {name} not found", code=errno.ENODEV)
+        return link.index
+
+    def _root_qdiscs(self, index: int | None = None) -> dict[int, str]:
+        with self._request("list qdiscs"):
+            qdiscs = self._ipr.get_qdiscs() if index is None else self._ipr.get_qdiscs(index=index)
+        return {q["index"]: q.get_attr("TCA_KIND") for q in qdiscs if q["parent"] == TC_H_ROOT}
+
+    def _say(self, dev: str, command: str, level: int = logging.INFO) -> None:
+        log.log(level, "%s: %s", dev, command)
+
+    @contextmanager
+    def _request(self, what: str, lacks: tuple[str, str] | None = None) -> Iterator[None]:
+        """Translate pyroute2's and the socket's errors into KernelError naming ``what``."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            yield
+        except NetlinkError as err:
+            text = (
+                err.args[1]
+                if len(err.args) > 1 and err.args[1]
+                else errno.errorcode.get(err.code, str(err.code))
+            )
+            if lacks is not None and err.code in (errno.ENOENT, errno.EOPNOTSUPP):
+                feature, config = _missing(lacks, str(text))
+                raise KernelLacks(feature=feature, config=config, code=err.code) from None
+            raise KernelError(detail=f"{what}: {text}", code=err.code) from None
+        except OSError as err:
+            raise KernelError(detail=f"{what}: {err.strerror or err}", code=err.errno) from None
+
+
+def _missing(lacks: tuple[str, str], text: str) -> tuple[str, str]:
+    """Name the missing module; the u32 filter request can also lack the mirred action."""
+    if lacks == _LACKS_U32 and "action" in text.lower():
+        return _LACKS_MIRRED
+    return lacks
+
+
+def _link(msg: Any) -> Link:
+    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"), kind, bool(msg["flags"] & 1))
+
+
+def _mirred_targets(msg: Any) -> Iterator[int]:
+    options = msg.get_attr("TCA_OPTIONS")
+    acts = options.get_attr("TCA_U32_ACT") if options is not None else None
+    if acts is None:
+        return
+    for _, act in acts["attrs"]:
+        if act.get_attr("TCA_ACT_KIND") != "mirred":
+            continue
+        parms = act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")
+        if parms["eaction"] == MIRRED_EGRESS_REDIRECT:
+            yield parms["ifindex"]
+
+
+def _stats(q: Any) -> QdiscStats:
+    stats2 = q.get_attr("TCA_STATS2")
+    basic = stats2.get_attr("TCA_STATS_BASIC") if stats2 is not None else None
+    queue = stats2.get_attr("TCA_STATS_QUEUE") if stats2 is not None else None
+    legacy = q.get_attr("TCA_STATS") or {}
+    basic = basic or legacy
+    queue = queue or legacy
+    return QdiscStats(
+        kind=q.get_attr("TCA_KIND"),
+        bytes=basic.get("bytes", 0),
+        packets=basic.get("packets", 0),
+        backlog_bytes=queue.get("backlog", 0),
+        backlog_packets=queue.get("qlen", 0),
+        drops=queue.get("drops", 0),
+        requeues=queue.get("requeues", 0),
+        overlimits=queue.get("overlimits", 0),
+    )
