@@ -1,0 +1,166 @@
+"""All xenstore: every read and write of the netbuf's nodes goes through this module (pyxs).
+
+Nothing else imports pyxs. The socket is found as libxenstore finds it: ``$XENSTORED_PATH``, else
+``/var/run/xenstored/socket``, else ``/dev/xen/xenbus`` (pyxs itself does not fall back). pyxs
+takes 7-bit ASCII only, so values are sanitised here. pyxs's router thread waits forever for the
+reply to a request whose connection dropped; our router hands every waiter an ``ECONNRESET``
+instead, so a lost xenstored is a clean error, not a hang until libxl's SIGKILL.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import pyxs
+from pyxs._internal import Op, Packet
+
+from .decide import NETBUF_ROOT, Claim
+from .errors import XenstoreError, one_line
+
+T = TypeVar("T")
+DEFAULT_SOCKET = "/var/run/xenstored/socket"
+XENBUS_DEVICE = "/dev/xen/xenbus"
+TX_ATTEMPTS = 50  # EAGAIN retries of one transaction before giving up
+
+
+def socket_path(environ: Mapping[str, str]) -> str:
+    """Where xenstored is, in libxenstore's order of preference."""
+    if environ.get("XENSTORED_PATH"):
+        return environ["XENSTORED_PATH"]
+    if not os.path.exists(DEFAULT_SOCKET) and os.path.exists(XENBUS_DEVICE):
+        return XENBUS_DEVICE
+    return DEFAULT_SOCKET
+
+
+class _Router(pyxs.Router):  # type: ignore[misc]
+    """pyxs's router, but a dropped connection fails every pending request instead of hanging."""
+
+    def __call__(self) -> None:
+        try:
+            super().__call__()
+        except Exception as err:  # the connection died: reported to the waiters below
+            self.failure = err
+        finally:
+            for rq_id, rvar in list(self.rvars.items()):
+                rvar.set(Packet(Op.ERROR, b"ECONNRESET\x00", rq_id=rq_id))
+
+
+class Xenstore:
+    """One connection to xenstored; use as a context manager."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path == XENBUS_DEVICE:
+            connection: Any = pyxs.connection.XenBusConnection(path)
+        else:
+            connection = pyxs.connection.UnixSocketConnection(path)
+        self._client = pyxs.Client(router=_Router(connection))
+
+    def __enter__(self) -> Xenstore:
+        try:
+            self._client.connect()
+        except (pyxs.PyXSError, OSError) as err:
+            raise XenstoreError(detail=f"cannot connect to {self.path}: {_reason(err)}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.tx_id = 0  # an aborted transaction dies with the connection
+        self._client.close()
+
+    # --- plain operations -------------------------------------------------------------------
+
+    def read(self, path: str) -> str | None:
+        try:
+            return self._call("read", path).decode("ascii", "replace")  # type: ignore[no-any-return]
+        except _Missing:
+            return None
+
+    def write(self, path: str, value: str) -> None:
+        self._call("write", path, one_line(value).encode("ascii"))
+
+    def remove(self, path: str) -> None:
+        """Remove ``path`` and its subtree; a missing node (or parent) is not an error."""
+        try:
+            self._call("delete", path)
+        except _Missing:
+            pass
+
+    def children(self, path: str) -> list[str]:
+        try:
+            names = self._call("list", path)
+        except _Missing:
+            return []
+        return [name.decode("ascii", "replace") for name in names]
+
+    # --- netbuf views -----------------------------------------------------------------------
+
+    def live_domids(self) -> set[int]:
+        """Domains listed under /local/domain, dom0 excluded."""
+        return {int(d) for d in self.children("/local/domain") if d.isdigit() and d != "0"}
+
+    def claims(self) -> list[Claim]:
+        """Every ``/libxl/<domid>/remus/netbuf/<devid>/ifb``, in one walk."""
+        found = []
+        for domid in self.children(NETBUF_ROOT):
+            if not domid.isdigit():
+                continue
+            base = f"{NETBUF_ROOT}/{domid}/remus/netbuf"
+            for devid in self.children(base):
+                ifb = self.read(f"{base}/{devid}/ifb") if devid.isdigit() else None
+                if ifb:
+                    found.append(Claim(int(domid), int(devid), ifb))
+        return found
+
+    def transaction(self, body: Callable[[Xenstore], T]) -> T:
+        """Run ``body`` in a transaction, again from the start whenever the commit hits EAGAIN."""
+        for attempt in range(TX_ATTEMPTS):
+            self._guard(self._client.transaction)
+            try:
+                result = body(self)
+            except BaseException:
+                self._abort()
+                raise
+            if self._guard(self._client.commit):
+                return result
+            time.sleep(min(0.001 * 2**attempt, 0.05))
+        raise XenstoreError(detail=f"transaction still conflicting after {TX_ATTEMPTS} attempts")
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _abort(self) -> None:
+        try:
+            self._client.rollback()
+        except (pyxs.PyXSError, OSError):
+            self._client.tx_id = 0
+
+    def _call(self, verb: str, path: str, *args: bytes) -> Any:
+        method = getattr(self._client, verb)
+        return self._guard(lambda: method(path.encode("ascii"), *args), verb, path)
+
+    def _guard(self, call: Callable[[], T], verb: str = "transaction", path: str = "") -> T:
+        try:
+            return call()
+        except pyxs.PyXSError as err:
+            if err.args and err.args[0] == errno.ENOENT and verb in ("read", "delete", "list"):
+                raise _Missing() from None
+            where = f" {path}" if path else ""
+            raise XenstoreError(detail=f"{verb}{where}: {_reason(err)}") from None
+        except (OSError, ValueError) as err:
+            raise XenstoreError(detail=f"{verb} {path}: {_reason(err)}") from None
+
+
+class _Missing(Exception):
+    """ENOENT from xenstored, for the operations where absence is an answer."""
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, pyxs.PyXSError) and len(err.args) == 2 and isinstance(err.args[0], int):
+        code, text = err.args
+        if code == errno.ECONNRESET:
+            return "connection to xenstored lost"
+        return f"{errno.errorcode.get(code, code)} ({text})"
+    return one_line(str(err)) or type(err).__name__
