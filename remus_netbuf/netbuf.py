@@ -1,0 +1,207 @@
+"""The two hotplug actions, setup and teardown, as sequences of named steps.
+
+Setup keeps an undo journal: every change it makes pushes its inverse, and any failure (or kill
+of the Python code by an exception) runs the journal backwards, so a failed setup leaves nothing
+behind. Teardown undoes as much as it can, step by step, and reports what it could not.
+Side effects go through :mod:`.netlink`, :mod:`.xenstore` and :mod:`.lock` only; decisions come
+from :mod:`.decide`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+from .config import Config
+from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
+from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
+from .lock import pickifb_lock
+from .netlink import Netlink, link_exists
+from .request import Request
+from .xenstore import Xenstore, socket_path
+
+log = logging.getLogger("remus_netbuf")
+KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when this step starts
+
+
+@dataclass
+class Run:
+    """The state of one hotplug run: which step it is at and how to undo what it did."""
+
+    request: Request
+    ifb: str | None = None
+    step: str = "start"
+    undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+    kill_at: str | None = None
+
+    @contextmanager
+    def at(self, step: str) -> Iterator[None]:
+        """Run a step; a NetbufError inside becomes StepFailed naming vif, IFB and step."""
+        self.step = step
+        if self.kill_at == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            yield
+        except StepFailed:
+            raise
+        except NetbufError as err:
+            raise self.failure(str(err)) from None
+
+    def failure(self, detail: str) -> StepFailed:
+        return StepFailed(
+            vif=self.request.vif,
+            command=self.request.command,
+            step=self.step,
+            ifb=self.ifb or "none",
+            detail=detail,
+        )
+
+    def rollback(self) -> list[str]:
+        """Undo in reverse order; returns what could not be undone."""
+        failed = []
+        while self.undo:
+            what, action = self.undo.pop()
+            log.info("%s: rollback: %s", self.request.vif, what)
+            try:
+                action()
+            except NetbufError as err:
+                log.error("%s: rollback: %s failed: %s", self.request.vif, what, err)
+                failed.append(f"{what}: {err}")
+        return failed
+
+
+def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
+    """Install the netbuf for ``request.vif``; returns the IFB it uses."""
+    run = Run(request, kill_at=environ.get(KILL_AT_ENV))
+    path = request.xenbus_path
+    with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
+        try:
+            with run.at("check vif"):
+                if not link_exists(request.vif):
+                    raise KernelError(detail=f"vif {request.vif} does not exist")
+            with run.at("open netlink"), Netlink() as nl:
+                with run.at("take pickifb lock"), pickifb_lock(config.lock_dir):
+                    _claim_ifb(run, config, xs, nl)
+                ifb = run.ifb
+                assert ifb is not None
+                with run.at("bring IFB up"):
+                    was_up = any(i.up for i in nl.ifbs() if i.name == ifb)
+                    nl.set_up(ifb, True)
+                    if not was_up:
+                        run.undo.append((f"bring {ifb} down", lambda: nl.set_up(ifb, False)))
+                with run.at("add plug qdisc"):
+                    nl.add_plug(ifb, config.plug_limit)
+                    run.undo.append((f"remove plug from {ifb}", lambda: nl.remove_plug(ifb)))
+                with run.at("add ingress qdisc"):
+                    nl.add_ingress(request.vif)
+                    run.undo.append(
+                        (f"remove ingress of {request.vif}", lambda: nl.remove_ingress(request.vif))
+                    )
+                with run.at("add redirect filter"):
+                    nl.add_redirect(request.vif, ifb, config.protocols)
+                with run.at("publish to xenstore"):
+                    xs.write(f"{path}/hotplug-status", "connected")
+        except BaseException as err:
+            failed = run.rollback()
+            if isinstance(err, StepFailed) and failed:
+                raise run.failure(
+                    f"{err.fields['detail']}; rollback incomplete: {'; '.join(failed)}"
+                ) from None
+            raise
+    log.info("%s: netbuf ready: ingress redirected to %s, plugged", request.vif, ifb)
+    return ifb
+
+
+def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> None:
+    """Pick a free IFB (creating one if allowed) and claim it; called under the lock."""
+    path = run.request.xenbus_path
+    with run.at("pick IFB"):
+        ifbs = nl.ifbs()
+        link_names = {link.name for link in nl.links()}
+
+        def choose_and_claim(tx: Xenstore) -> tuple[str, bool]:
+            claims = tx.claims()
+            live = tx.live_domids()
+            choice = pick_ifb(ifbs, claims, live, path)
+            name, create = choice.ifb, False
+            if name is None:
+                if not config.ifb_autocreate:
+                    raise NoFreeIfb(detail=f"{choice.reason}; ifb_autocreate is off")
+                taken = link_names | {c.ifb for c in live_claims(claims, live)}
+                name, create = next_ifb_name(taken), True
+            tx.write(f"{path}/ifb", name)
+            return name, create
+
+        name, create = xs.transaction(choose_and_claim)
+        run.ifb = name
+        run.undo.append((f"remove claim {path}/ifb", lambda: xs.remove(f"{path}/ifb")))
+        log.info("%s: claimed %s (%s/ifb)", run.request.vif, name, path)
+    if create:
+        with run.at("create IFB"):
+            nl.create_ifb(name)
+            run.undo.append((f"delete {name}", lambda: nl.delete_link(name)))
+
+
+def teardown(request: Request, config: Config, environ: Mapping[str, str]) -> None:
+    """Undo the netbuf of ``request``: idempotent, and never touches another claim's IFB."""
+    run = Run(request, ifb=request.remus_ifb, kill_at=environ.get(KILL_AT_ENV))
+    path = request.xenbus_path
+    problems: list[tuple[str, str]] = []
+    with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
+        with run.at("read claim"):
+            own = xs.read(f"{path}/ifb")
+        run.ifb = request.remus_ifb or own
+        plan = plan_teardown(request.remus_ifb, own, ())
+        if plan.remove_claim:
+            with run.at("take pickifb lock"), pickifb_lock(config.lock_dir):
+                with run.at("read claims"):
+                    others = {
+                        c.ifb for c in live_claims(xs.claims(), xs.live_domids()) if c.path != path
+                    }
+                plan = plan_teardown(request.remus_ifb, own, others)
+                _teardown_steps(run, xs, plan.free_ifb, plan.remove_claim, problems)
+        else:
+            _teardown_steps(run, xs, None, False, problems)
+        log.info("%s: teardown: %s", request.vif, plan.why)
+        for node in ("hotplug-status", "hotplug-error"):
+            _attempt(run, f"remove {node}", partial(xs.remove, f"{path}/{node}"), problems)
+    if problems:
+        run.step, detail = problems[0]
+        more = f" (+{len(problems) - 1} more failed steps)" if len(problems) > 1 else ""
+        raise run.failure(detail + more)
+
+
+def _teardown_steps(
+    run: Run,
+    xs: Xenstore,
+    free_ifb: str | None,
+    remove_claim: bool,
+    problems: list[tuple[str, str]],
+) -> None:
+    vif, path = run.request.vif, run.request.xenbus_path
+    needs_kernel = link_exists(vif) or (free_ifb is not None and link_exists(free_ifb))
+    if needs_kernel:
+        with run.at("open netlink"), Netlink() as nl:
+            _attempt(run, "remove ingress qdisc", lambda: nl.remove_ingress(vif), problems)
+            if free_ifb is not None and nl.link(free_ifb) is not None:
+                _attempt(run, "remove plug qdisc", lambda: nl.remove_plug(free_ifb), problems)
+                _attempt(run, "bring IFB down", lambda: nl.set_up(free_ifb, False), problems)
+    if remove_claim:
+        _attempt(run, "remove claim", lambda: xs.remove(f"{path}/ifb"), problems)
+
+
+def _attempt(
+    run: Run, step: str, action: Callable[[], object], problems: list[tuple[str, str]]
+) -> None:
+    """One teardown step; a failure is logged and kept, and the teardown goes on."""
+    try:
+        with run.at(step):
+            action()
+    except StepFailed as err:
+        log.error("%s", err)
+        problems.append((step, err.fields["detail"]))
