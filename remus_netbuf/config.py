@@ -31,7 +31,7 @@ class Config:
 
 
 def _plug_limit(value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) <= PLUG_LIMIT_MAX:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= PLUG_LIMIT_MAX:
         raise ValueError(f"plug_limit must be bytes, 1..{PLUG_LIMIT_MAX}, not {value!r}")
     return int(value)
 

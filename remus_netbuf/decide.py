@@ -41,7 +41,8 @@ def netbuf_path(domid: int, devid: int) -> str:
 
 def natural_key(name: str) -> tuple[str | int, ...]:
     """Sort key that puts ifb2 before ifb10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+    parts = re.split(r"([0-9]+)", name)  # text, number, text, ...: numbers at odd positions
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
 
 
 def live_claims(claims: Iterable[Claim], live_domids: Collection[int]) -> list[Claim]:

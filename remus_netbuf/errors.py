@@ -62,6 +62,12 @@ class NoFreeIfb(NetbufError):
     template = "no free IFB: {detail}"
 
 
+class PlugError(NetbufError):
+    """A plug control action failed."""
+
+    template = "{ifb}: plug {action} failed: {detail}"
+
+
 class StepFailed(NetbufError):
     """A hotplug step failed: the final one-line reason naming vif, IFB and step."""
 
@@ -71,4 +77,4 @@ class StepFailed(NetbufError):
 def one_line(text: str) -> str:
     """Fold any text into one printable ASCII line (xenstore and syslog take no more)."""
     flat = " ".join(text.split())
-    return flat.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in flat)

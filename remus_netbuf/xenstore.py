@@ -100,17 +100,17 @@ class Xenstore:
 
     def live_domids(self) -> set[int]:
         """Domains listed under /local/domain, dom0 excluded."""
-        return {int(d) for d in self.children("/local/domain") if d.isdigit() and d != "0"}
+        return {int(d) for d in self.children("/local/domain") if _number(d) and d != "0"}
 
     def claims(self) -> list[Claim]:
         """Every ``/libxl/<domid>/remus/netbuf/<devid>/ifb``, in one walk."""
         found = []
         for domid in self.children(NETBUF_ROOT):
-            if not domid.isdigit():
+            if not _number(domid):
                 continue
             base = f"{NETBUF_ROOT}/{domid}/remus/netbuf"
             for devid in self.children(base):
-                ifb = self.read(f"{base}/{devid}/ifb") if devid.isdigit() else None
+                ifb = self.read(f"{base}/{devid}/ifb") if _number(devid) else None
                 if ifb:
                     found.append(Claim(int(domid), int(devid), ifb))
         return found
@@ -153,11 +153,17 @@ class Xenstore:
             raise XenstoreError(detail=f"{verb} {path}: {_reason(err)}") from None
 
 
+def _number(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
 class _Missing(Exception):
     """ENOENT from xenstored, for the operations where absence is an answer."""
 
 
 def _reason(err: BaseException) -> str:
+    if isinstance(err.__context__, OSError) and err.__context__.strerror:
+        return err.__context__.strerror  # pyxs wraps socket errors in a wordy ConnectionError
     if isinstance(err, pyxs.PyXSError) and len(err.args) == 2 and isinstance(err.args[0], int):
         code, text = err.args
         if code == errno.ECONNRESET:

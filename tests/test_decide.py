@@ -39,12 +39,6 @@ def test_natural_key_splits_text_and_numbers() -> None:
     assert natural_key("eth") == ("eth",)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: natural_key calls int() on any part that str.isdigit() accepts, but re's \\d "
-    "does not split out such characters (e.g. superscript '\\xb2'): a kernel link named "
-    "'ifb1\\xb2' makes natural_key (and so pick_ifb) raise ValueError",
-)
 def test_natural_key_tolerates_any_link_name() -> None:
     odd = "ifb1\u00b2"  # the kernel allows any name without '/', ':' or white space
     assert natural_key(odd)[:2] == ("ifb", 1)
