@@ -80,41 +80,45 @@ def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
     run = Run(request, kill_at=environ.get(KILL_AT_ENV))
     path = request.xenbus_path
     with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
-        try:
-            with run.at("check vif"):
-                if not link_exists(request.vif):
-                    raise KernelError(detail=f"vif {request.vif} does not exist")
-            with run.at("open netlink"), Netlink() as nl:
+        with run.at("check vif"):
+            if not link_exists(request.vif):
+                raise KernelError(detail=f"vif {request.vif} does not exist")
+        with run.at("open netlink"), Netlink() as nl:
+            try:
                 with run.at("take pickifb lock"), pickifb_lock(config.lock_dir):
                     _claim_ifb(run, config, xs, nl)
                 ifb = run.ifb
                 assert ifb is not None
-                with run.at("bring IFB up"):
-                    was_up = any(i.up for i in nl.ifbs() if i.name == ifb)
-                    nl.set_up(ifb, True)
-                    if not was_up:
-                        run.undo.append((f"bring {ifb} down", lambda: nl.set_up(ifb, False)))
-                with run.at("add plug qdisc"):
-                    nl.add_plug(ifb, config.plug_limit)
-                    run.undo.append((f"remove plug from {ifb}", lambda: nl.remove_plug(ifb)))
-                with run.at("add ingress qdisc"):
-                    nl.add_ingress(request.vif)
-                    run.undo.append(
-                        (f"remove ingress of {request.vif}", lambda: nl.remove_ingress(request.vif))
-                    )
-                with run.at("add redirect filter"):
-                    nl.add_redirect(request.vif, ifb, config.protocols)
-                with run.at("publish to xenstore"):
-                    xs.write(f"{path}/hotplug-status", "connected")
-        except BaseException as err:
-            failed = run.rollback()
-            if isinstance(err, StepFailed) and failed:
-                raise run.failure(
-                    f"{err.fields['detail']}; rollback incomplete: {'; '.join(failed)}"
-                ) from None
-            raise
+                _install(run, config, xs, nl, ifb)
+            except BaseException as err:
+                failed = run.rollback()  # while netlink and xenstore are still open
+                if isinstance(err, StepFailed) and failed:
+                    raise run.failure(
+                        f"{err.fields['detail']}; rollback incomplete: {'; '.join(failed)}"
+                    ) from None
+                raise
     log.info("%s: netbuf ready: ingress redirected to %s, plugged", request.vif, ifb)
     return ifb
+
+
+def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str) -> None:
+    """Plug the claimed IFB, redirect the vif into it, publish: each step with its undo."""
+    vif = run.request.vif
+    with run.at("bring IFB up"):
+        was_up = any(i.up for i in nl.ifbs() if i.name == ifb)
+        nl.set_up(ifb, True)
+        if not was_up:
+            run.undo.append((f"bring {ifb} down", lambda: nl.set_up(ifb, False)))
+    with run.at("add plug qdisc"):
+        nl.add_plug(ifb, config.plug_limit)
+        run.undo.append((f"remove plug from {ifb}", lambda: nl.remove_plug(ifb)))
+    with run.at("add ingress qdisc"):
+        nl.add_ingress(vif)
+        run.undo.append((f"remove ingress of {vif}", lambda: nl.remove_ingress(vif)))
+    with run.at("add redirect filter"):
+        nl.add_redirect(vif, ifb, config.protocols)
+    with run.at("publish to xenstore"):
+        xs.write(f"{run.request.xenbus_path}/hotplug-status", "connected")
 
 
 def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> None:

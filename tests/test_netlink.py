@@ -1,0 +1,136 @@
+"""The netlink module against the running kernel, in a private namespace, checked with tc/ip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from remus_netbuf.errors import KernelError, KernelLacks
+from remus_netbuf.netlink import Netlink
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+
+
+def run(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    name = "rnb-" + uuid.uuid4().hex[:10]
+    run("ip", "netns", "add", name)
+    run("ip", "-n", name, "link", "add", "vif3.1", "type", "veth", "peer", "name", "guest")
+    yield name
+    run("ip", "netns", "del", name)
+
+
+@pytest.fixture
+def nl(ns: str) -> Iterator[Netlink]:
+    with Netlink(ns) as session:
+        yield session
+
+
+def tc_json(ns: str, *args: str) -> list[dict[str, object]]:
+    return json.loads(run("tc", "-n", ns, "-j", *args) or "[]")  # type: ignore[no-any-return]
+
+
+def test_ifbs_lists_only_ifbs_with_root_qdisc(ns: str, nl: Netlink) -> None:
+    nl.create_ifb("ifb0")
+    nl.create_ifb("ifb10")
+    nl.set_up("ifb0", True)
+    ifbs = {i.name: i for i in nl.ifbs()}
+    assert set(ifbs) == {"ifb0", "ifb10"}  # the veths are not IFBs
+    assert ifbs["ifb0"].up and not ifbs["ifb10"].up
+    shown = {q["kind"] for q in tc_json(ns, "qdisc", "show", "dev", "ifb0") if q.get("root")}
+    assert ifbs["ifb0"].root_qdisc in shown
+    assert json.loads(run("ip", "-n", ns, "-j", "-d", "link", "show", "ifb10"))[0][
+        "linkinfo"
+    ]["info_kind"] == "ifb"
+
+
+def test_redirect_installed_and_removed(ns: str, nl: Netlink) -> None:
+    nl.create_ifb("ifb0")
+    nl.add_ingress("vif3.1")
+    nl.add_redirect("vif3.1", "ifb0", "all")
+    shown = run("tc", "-n", ns, "filter", "show", "dev", "vif3.1", "ingress")
+    assert "protocol all pref 10 u32" in shown
+    assert "match 00000000/00000000 at 0" in shown
+    assert "mirred (Egress Redirect to device ifb0)" in shown
+    assert [(r.protocol, r.pref, r.ifb) for r in nl.redirects("vif3.1")] == [("all", 10, "ifb0")]
+    assert nl.remove_ingress("vif3.1") is True
+    assert not any(q["kind"] == "ingress" for q in tc_json(ns, "qdisc", "show", "dev", "vif3.1"))
+    assert nl.remove_ingress("vif3.1") is False  # missing: no EINVAL surfaces
+    assert nl.redirects("vif3.1") == []
+
+
+def test_protocols_ip_redirects_ipv4_only(ns: str, nl: Netlink) -> None:
+    nl.create_ifb("ifb0")
+    nl.add_ingress("vif3.1")
+    nl.add_redirect("vif3.1", "ifb0", "ip")
+    shown = run("tc", "-n", ns, "filter", "show", "dev", "vif3.1", "ingress")
+    assert "protocol ip pref 10 u32" in shown
+    assert [r.protocol for r in nl.redirects("vif3.1")] == ["ip"]
+
+
+def test_missing_devices_are_named(nl: Netlink) -> None:
+    assert nl.link("nope0") is None
+    with pytest.raises(KernelError, match="device nope0 not found"):
+        nl.add_ingress("nope0")
+    assert nl.remove_ingress("nope0") is False
+    assert nl.delete_link("nope0") is False
+    assert nl.root_qdisc("nope0") is None
+
+
+def test_existing_ingress_is_an_error_not_a_takeover(nl: Netlink) -> None:
+    nl.add_ingress("vif3.1")
+    with pytest.raises(KernelError, match="add ingress qdisc to vif3.1"):
+        nl.add_ingress("vif3.1")
+
+
+def test_plug_absent_from_this_kernel_is_named(ns: str, nl: Netlink) -> None:
+    nl.create_ifb("ifb0")
+    try:
+        nl.add_plug("ifb0", 1000)
+    except KernelLacks as err:
+        assert str(err) == "kernel has no sch_plug (CONFIG_NET_SCH_PLUG)"
+        assert nl.root_qdisc("ifb0") != "plug"
+    else:
+        pytest.skip("this kernel has sch_plug (the UML tier covers the plug)")
+
+
+def test_remove_plug_leaves_other_root_qdiscs(ns: str, nl: Netlink) -> None:
+    nl.create_ifb("ifb0")
+    nl.set_up("ifb0", True)
+    run("tc", "-n", ns, "qdisc", "add", "dev", "ifb0", "root", "pfifo", "limit", "10")
+    assert nl.root_qdisc("ifb0") == "pfifo"
+    assert nl.remove_plug("ifb0") is False  # not ours to remove
+    assert nl.root_qdisc("ifb0") == "pfifo"
+    stats = nl.stats("ifb0")
+    assert stats is not None and stats.kind == "pfifo" and stats.backlog_packets == 0
+
+
+def test_delete_link(ns: str, nl: Netlink) -> None:
+    nl.create_ifb("ifb7")
+    assert nl.delete_link("ifb7") is True
+    assert "ifb7" not in run("ip", "-n", ns, "link", "show")
+
+
+def test_sessions_do_not_leak_sockets(ns: str) -> None:
+    """As os-vif does: open and close many sessions; the fd count must not grow."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        with Netlink(ns) as session:
+            session.link("lo")
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+def test_unknown_namespace_is_not_created(nl: Netlink) -> None:
+    ghost = "rnb-ghost-" + uuid.uuid4().hex[:6]
+    with pytest.raises(KernelError, match=ghost):
+        Netlink(ghost)
+    assert ghost not in run("ip", "netns", "list")
