@@ -78,7 +78,6 @@ class Run:
 def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
     """Install the netbuf for ``request.vif``; returns the IFB it uses."""
     run = Run(request, kill_at=environ.get(KILL_AT_ENV))
-    path = request.xenbus_path
     with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
         with run.at("check vif"):
             if not link_exists(request.vif):

@@ -114,7 +114,11 @@ class Bed:
     ) -> Result:
         """Run ``remus-netbuf-setup COMMAND`` in the namespace the way libxl does."""
         env = self.env(**extra_env)
-        for name, value in (("vifname", vif), ("XENBUS_PATH", xenbus_path), ("REMUS_IFB", remus_ifb)):
+        for name, value in (
+            ("vifname", vif),
+            ("XENBUS_PATH", xenbus_path),
+            ("REMUS_IFB", remus_ifb),
+        ):
             if value is not None:
                 env[name] = value
         proc = subprocess.run(
@@ -176,7 +180,9 @@ class Bed:
 
     # --- verdicts -------------------------------------------------------------------------
 
-    def assert_installed(self, vif: str, ifb: str, xenbus_path: str, protocols: str = "all") -> None:
+    def assert_installed(
+        self, vif: str, ifb: str, xenbus_path: str, protocols: str = "all"
+    ) -> None:
         assert self.node(f"{xenbus_path}/ifb") == ifb
         assert self.node(f"{xenbus_path}/hotplug-status") == "connected"
         assert self.node(f"{xenbus_path}/hotplug-error") is None

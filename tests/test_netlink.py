@@ -48,9 +48,12 @@ def test_ifbs_lists_only_ifbs_with_root_qdisc(ns: str, nl: Netlink) -> None:
     assert ifbs["ifb0"].up and not ifbs["ifb10"].up
     shown = {q["kind"] for q in tc_json(ns, "qdisc", "show", "dev", "ifb0") if q.get("root")}
     assert ifbs["ifb0"].root_qdisc in shown
-    assert json.loads(run("ip", "-n", ns, "-j", "-d", "link", "show", "ifb10"))[0][
-        "linkinfo"
-    ]["info_kind"] == "ifb"
+    assert (
+        json.loads(run("ip", "-n", ns, "-j", "-d", "link", "show", "ifb10"))[0]["linkinfo"][
+            "info_kind"
+        ]
+        == "ifb"
+    )
 
 
 def test_redirect_installed_and_removed(ns: str, nl: Netlink) -> None:
