@@ -216,12 +216,14 @@ class Netlink:
 
     def plug(self, ifb: str, action: str, limit: int = 0) -> None:
         """Drive the plug on ``ifb``: one of PLUG_ACTIONS (``limit`` only for ``limit``)."""
+        self.plug_index(self._index(ifb), ifb, action, limit)
+
+    def plug_index(self, index: int, ifb: str, action: str, limit: int = 0) -> None:
+        """:meth:`plug` for a device whose index is known: one netlink round trip per epoch."""
         words = f"limit {limit}" if action == "limit" else action
         self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
         with self._request(f"plug {words} on {ifb}", lacks=_LACKS_QDISC["plug"]):
-            self._ipr.tc(
-                "change", "plug", self._index(ifb), action=PLUG_ACTIONS[action], limit=limit
-            )
+            self._ipr.tc("change", "plug", index, action=PLUG_ACTIONS[action], limit=limit)
 
     def add_ingress(self, vif: str) -> None:
         self._say(vif, f"{self._tc} qdisc add dev {vif} ingress")
