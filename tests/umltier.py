@@ -1,0 +1,410 @@
+"""pytest plugin: the UML tier, for tests that need a kernel with sch_plug.
+
+The host kernel may lack sch_plug, so tests marked ``@pytest.mark.uml`` run inside User-Mode
+Linux (Debian's ``user-mode-linux``: a Linux 6.1 that runs as a process, with the host's root
+file system over hostfs). On the host the plugin collects them as usual; the first time one is
+about to run, it boots UML once for the whole session. UML's init (``uml_init.sh``) runs pytest
+again, inside UML, on every uml test selected in this session, and this plugin, in its inner
+role, appends one JSON line per test to a report in a work dir on hostfs. Each outer item then
+reports its inner result as its own: the real assertion for a failure, the inner reason for a
+skip. Fixtures of uml tests are set up inside UML only, never on the host.
+
+``@pytest.mark.uml(on_host=True)`` marks a test that drives the tier itself from the host: it is
+selected with the tier (``-m uml``) but runs on the host.
+
+If UML cannot run (no kernel binary, no boot), uml tests skip, or fail when CI=true. Settings
+(environment first, then ini option): REMUS_NETBUF_UML_KERNEL / uml_kernel, REMUS_NETBUF_UML_MEM
+/ uml_mem, REMUS_NETBUF_UML_TIMEOUT / uml_timeout (seconds for boot, tests and halt together),
+REMUS_NETBUF_UML_WORKDIR (parent of the per-session work dir, on hostfs: default /var/tmp) and
+REMUS_NETBUF_UML_KEEP=1 (keep the work dir, which is otherwise kept only when something broke).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pytest._io import TerminalWriter  # what longreprtext uses; not public
+
+IN_UML = "REMUS_NETBUF_IN_UML"
+REPORT = "REMUS_NETBUF_UML_REPORT"
+INIT_SCRIPT = Path(__file__).with_name("uml_init.sh")
+# The directory from which this plugin imports by its dotted name (the repo root for tests.umltier).
+IMPORT_ROOT = Path(__file__).resolve().parents[__name__.count(".")]
+TAIL_LINES = 40
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "uml_kernel", "UML kernel binary (env REMUS_NETBUF_UML_KERNEL)", default="linux.uml"
+    )
+    parser.addini("uml_mem", "UML memory size (env REMUS_NETBUF_UML_MEM)", default="512M")
+    parser.addini(
+        "uml_timeout",
+        "seconds for the whole UML run: boot, inner tests, halt (env REMUS_NETBUF_UML_TIMEOUT)",
+        default="600",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(IN_UML) == "1":
+        if os.environ.get(REPORT):
+            config.pluginmanager.register(InnerReporter(Path(os.environ[REPORT])), "uml-inner")
+    else:
+        config.pluginmanager.register(UmlTier(config), "uml-tier")
+
+
+def tier_of(item: pytest.Item) -> str | None:
+    """'uml' (runs inside UML), 'host' (a uml-tier test that runs here), or None."""
+    marker = item.get_closest_marker("uml")
+    if marker is None:
+        return None
+    return "host" if marker.kwargs.get("on_host") else "uml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kernel: str
+    mem: str
+    timeout: float
+    workdir_parent: Path
+    keep: bool
+    ci: bool
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        env = os.environ
+        return cls(
+            kernel=env.get("REMUS_NETBUF_UML_KERNEL") or str(config.getini("uml_kernel")),
+            mem=env.get("REMUS_NETBUF_UML_MEM") or str(config.getini("uml_mem")),
+            timeout=float(env.get("REMUS_NETBUF_UML_TIMEOUT") or str(config.getini("uml_timeout"))),
+            workdir_parent=Path(env.get("REMUS_NETBUF_UML_WORKDIR") or "/var/tmp"),
+            keep=env.get("REMUS_NETBUF_UML_KEEP") == "1",
+            ci=env.get("CI", "").lower() == "true",
+        )
+
+
+def skip_or_fail(settings: Settings, reason: str, detail: str = "") -> None:
+    """The tier could not run: a skip on a workstation, a failure on CI."""
+    if settings.ci:
+        pytest.fail(
+            f"{reason}\n(CI=true, so the UML tier must run)\n{detail}".rstrip(), pytrace=False
+        )
+    pytest.skip(reason)
+
+
+# --- host side ------------------------------------------------------------------------------
+
+
+@dataclass
+class TierRun:
+    """What one UML boot left behind, read back from its work dir."""
+
+    workdir: Path | None
+    problem: str | None = None  # the run as a whole went wrong
+    unavailable: bool = False  # and UML never reached init: skip-or-fail, not a test failure
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    module_failures: list[str] = field(default_factory=list)
+    timeline: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+
+    def tails(self) -> str:
+        if self.workdir is None:
+            return ""
+        parts = [
+            f"--- tail of {self.workdir / n} ---\n{_tail(self.workdir / n)}"
+            for n in ("pytest.log", "console.log")
+        ]
+        return "\n".join(parts)
+
+    def summary(self) -> list[str]:
+        t = self.timeline
+        lines = [f"UML run: {self.wall:.1f} s wall"]
+        if "init" in t:
+            lines.append(f"boot: kernel up {t['init']:.1f} s when init started")
+        if "pytest" in t and "done" in t:
+            tests = sum(float(r.get("duration", 0.0)) for r in self.records.values())
+            lines.append(
+                f"inner pytest: {t['done'] - t['pytest']:.1f} s, of which tests "
+                f"{tests:.1f} s; tier overhead {self.wall - tests:.1f} s"
+            )
+        lines += [f"module FAILED inside UML: {m}" for m in self.module_failures]
+        if self.problem:
+            lines.append(f"problem: {self.problem}")
+        return lines
+
+
+class UmlTier:
+    """Host role: send the session's uml tests into one UML boot and report what came out."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.settings = Settings.from_config(config)
+        self.rootdir = config.rootpath
+        self.nodeids: list[str] = []
+        self.run: TierRun | None = None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            if tier_of(item) == "uml":
+                self.nodeids.append(item.nodeid)
+                # Fixtures belong to the inner run; here the item only relays its result.
+                item.setup = _no_fixtures  # type: ignore[method-assign]
+                item.runtest = _Relay(self, item)  # type: ignore[method-assign]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if tier_of(item) == "host" and shutil.which(self.settings.kernel) is None:
+            skip_or_fail(self.settings, f"UML kernel {self.settings.kernel!r} not found")
+
+    def result(self) -> TierRun:
+        if self.run is None:
+            self.run = run_uml(self.settings, self.nodeids, self.rootdir)
+        return self.run
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.run is None or self.run.workdir is None:
+            return
+        terminalreporter.write_sep("-", "uml tier")
+        for line in self.run.summary():
+            terminalreporter.write_line(line)
+        if self._keep():
+            terminalreporter.write_line(f"work dir kept: {self.run.workdir}")
+
+    def pytest_unconfigure(self) -> None:
+        if self.run is not None and self.run.workdir is not None and not self._keep():
+            shutil.rmtree(self.run.workdir, ignore_errors=True)
+
+    def _keep(self) -> bool:
+        run = self.run
+        return self.settings.keep or (run is not None and bool(run.problem or run.module_failures))
+
+
+def _no_fixtures() -> None:
+    pass
+
+
+class _Relay:
+    """An outer uml item's runtest: boot UML if not yet done, then report the inner result."""
+
+    def __init__(self, tier: UmlTier, item: pytest.Item) -> None:
+        self.tier, self.item = tier, item
+
+    def __call__(self) -> None:
+        run = self.tier.result()
+        if run.unavailable:
+            skip_or_fail(self.tier.settings, run.problem or "UML did not run", run.tails())
+        rec = run.records.get(self.item.nodeid)
+        notes = "".join(f"note: module FAILED inside UML: {m}\n" for m in run.module_failures)
+        if rec is None:
+            why = run.problem or "the inner pytest did not report this test"
+            pytest.fail(f"no result from inside UML: {why}\n{notes}{run.tails()}", pytrace=False)
+        self.item.user_properties.append(("uml_duration", rec["duration"]))
+        for title, content in rec["sections"]:
+            key, _, when = title.removeprefix("Captured ").rpartition(" ")
+            self.item.add_report_section(when or "call", f"{key or title} (in UML)", content)
+        if rec["outcome"] == "failed":
+            where = "" if rec["when"] == "call" else f" (error in {rec['when']})"
+            head = f"[in UML{where}] {rec['crash']}"  # the line the short summary shows
+            pytest.fail(f"{head}\n{notes}{rec['longrepr']}", pytrace=False)
+        if rec["outcome"] == "skipped":
+            if "wasxfail" in rec:
+                pytest.xfail(rec["wasxfail"])
+            # Reported at the test's location, as an inner skip is, rather than at this line.
+            raise pytest.skip.Exception(rec["longrepr"], _use_item_location=True)
+
+
+def run_uml(settings: Settings, nodeids: list[str], rootdir: Path) -> TierRun:
+    """Boot UML once with nodeids as the inner run's tests; return what it left behind."""
+    kernel = shutil.which(settings.kernel)
+    if kernel is None:
+        why = f"UML kernel {settings.kernel!r} not found (apt-get install user-mode-linux)"
+        return TierRun(None, why, unavailable=True)
+    workdir = _prepare(settings, nodeids, rootdir)
+    start = time.monotonic()
+    returncode, timed_out = _boot(kernel, settings, workdir)
+    run = _read_back(workdir)
+    run.wall = time.monotonic() - start
+    if "init" not in run.timeline:
+        how = f"timed out after {settings.timeout:g} s" if timed_out else f"exit {returncode}"
+        run.problem = f"UML did not boot ({how}); console: {workdir / 'console.log'}"
+        run.unavailable = True
+    elif timed_out:
+        run.problem = f"the UML run timed out after {settings.timeout:g} s"
+    elif "done" not in run.timeline:
+        run.problem = f"UML stopped before the inner pytest finished (exit {returncode})"
+    return run
+
+
+def _prepare(settings: Settings, nodeids: list[str], rootdir: Path) -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix="remus-netbuf-uml-", dir=settings.workdir_parent))
+    init = workdir / "init"  # a copy: the kernel command line cannot quote a path with spaces
+    shutil.copyfile(INIT_SCRIPT, init)
+    init.chmod(0o755)
+    (workdir / "tests").write_text("".join(f"{n}\n" for n in nodeids))
+    (workdir / "env").write_text(_env_file(workdir, rootdir))
+    return workdir
+
+
+def _boot(kernel: str, settings: Settings, workdir: Path) -> tuple[int, bool]:
+    """Run UML to its end or the timeout; return its exit status and whether it timed out."""
+    args = f"mem={settings.mem} rootfstype=hostfs rootflags=/ rw init={workdir}/init con=null"
+    args += f" con0=null,fd:2 uml_dir={workdir} REMUS_NETBUF_UML_WORK={workdir}"
+    env = {**os.environ, "TMPDIR": _ram_dir(settings.mem)}  # where UML keeps its RAM file
+    # The inner pytest writes to UML's second console, pytest.log: straight to the host, unlike
+    # a file over hostfs, so it survives UML being killed on timeout.
+    with open(workdir / "console.log", "wb") as console, open(workdir / "pytest.log", "wb") as log:
+        args += f" con1=null,fd:{log.fileno()}"
+        proc = subprocess.Popen(
+            [kernel, *args.split()],
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+            pass_fds=(log.fileno(),),
+        )
+    try:
+        proc.wait(timeout=settings.timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        try:  # UML's helper processes too: they share its process group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return proc.returncode, timed_out
+
+
+def _read_back(workdir: Path) -> TierRun:
+    run = TierRun(workdir)
+    for line in _lines(workdir / "timeline"):
+        name, _, uptime = line.partition(" ")
+        run.timeline[name] = float(uptime)
+    run.module_failures = [
+        ln.removeprefix("FAILED ").strip()
+        for ln in _lines(workdir / "modules")
+        if ln.startswith("FAILED")
+    ]
+    for line in _lines(workdir / "report.jsonl"):
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short when UML died
+            continue
+        run.records[rec["nodeid"]] = rec
+    return run
+
+
+def _env_file(workdir: Path, rootdir: Path) -> str:
+    """Shell assignments for the init: what the inner run needs from the host."""
+    values = {
+        IN_UML: "1",
+        REPORT: str(workdir / "report.jsonl"),
+        "REMUS_NETBUF_UML_ROOTDIR": str(rootdir),
+        "REMUS_NETBUF_UML_PYTHON": sys.executable,
+        "REMUS_NETBUF_UML_PLUGIN": __name__,
+        # tmpfs over /tmp keeps test files private to UML, but would hide anything we need there.
+        "REMUS_NETBUF_UML_PRIVATE_TMP": "0" if _under_tmp(workdir, rootdir) else "1",
+        "PATH": os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(IMPORT_ROOT), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+    for name in ("HOME", "LANG", "LC_ALL", "CI"):
+        if name in os.environ:
+            values[name] = os.environ[name]
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
+def _under_tmp(*paths: Path) -> bool:
+    candidates = [*paths, IMPORT_ROOT, Path(sys.executable), Path(sys.prefix)]
+    for p in candidates:
+        for q in (p, p.resolve()):
+            if q == Path("/tmp") or Path("/tmp") in q.parents:
+                return True
+    return False
+
+
+def _ram_dir(mem: str) -> str:
+    """/dev/shm when it can hold UML's RAM (it is small in containers), else the temp dir."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    size = int(mem[:-1]) * units[mem[-1].upper()] if mem[-1:].upper() in units else int(mem)
+    try:
+        st = os.statvfs("/dev/shm")
+        if os.access("/dev/shm", os.W_OK) and st.f_bavail * st.f_frsize > size:
+            return "/dev/shm"
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _tail(path: Path) -> str:
+    lines = _lines(path)
+    return "\n".join(lines[-TAIL_LINES:]) if lines else "(missing or empty)"
+
+
+# --- inner side (inside UML) ----------------------------------------------------------------
+
+
+class InnerReporter:
+    """Inner role: one JSON line per finished test, synced at once so a crash loses little."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pending: dict[str, dict[str, Any]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        rec = self.pending.setdefault(report.nodeid, _new_record(report.nodeid))
+        rec["duration"] += report.duration
+        rec["sections"] = [list(s) for s in report.sections]  # they accumulate over phases
+        if hasattr(report, "wasxfail"):
+            rec["wasxfail"] = report.wasxfail
+        if report.failed or (report.skipped and rec["outcome"] == "passed"):
+            rec.update(outcome=report.outcome, when=report.when, longrepr=_longrepr(report))
+            crash = getattr(report.longrepr, "reprcrash", None)
+            rec["crash"] = crash.message if crash is not None else ""
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        rec = self.pending.pop(nodeid, None)
+        if rec is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _new_record(nodeid: str) -> dict[str, Any]:
+    fields = {"outcome": "passed", "when": "call", "longrepr": "", "crash": "", "duration": 0.0}
+    return {"nodeid": nodeid, **fields, "sections": []}
+
+
+def _longrepr(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    if not hasattr(report.longrepr, "toterminal"):
+        return report.longreprtext
+    out = io.StringIO()  # not longreprtext: it strips the first line's indent
+    report.longrepr.toterminal(TerminalWriter(file=out))
+    return out.getvalue().rstrip("\n")
