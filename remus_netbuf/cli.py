@@ -1,33 +1,191 @@
-"""``remus-netbuf``: the operator's tool for inspecting and driving network output buffering."""
+"""``remus-netbuf``: the operator's tool for inspecting and driving network output buffering.
+
+Exit status: 0 success (``status``: no anomaly), 1 failure (one line on stderr), 2 ``status``
+found anomalies.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
+from .errors import BadRequest, NetbufError, one_line
+from .request import Request, check_ifname, xenbus_ids
+
+EXIT_ANOMALIES = 2
 
 DESCRIPTION = """\
 Inspect and control Xen Remus network buffers (netbufs): the IFB devices that hold a
 protected guest's outgoing packets until the checkpoint that produced them is safe.
 """
 
+EPILOG = """\
+examples:
+  remus-netbuf status                 table of netbufs and anomalies (exit 2 if any)
+  remus-netbuf status --json          the same, machine-readable
+  remus-netbuf gc --dry-run           what gc would repair
+  remus-netbuf plug ifb0 stats        counters of ifb0's plug
+  remus-netbuf teardown --vif vif3.0 --xenbus-path /libxl/3/remus/netbuf/0 --ifb ifb0
+"""
+
+PLUG_EPILOG = """\
+actions:
+  buffer        start a new epoch: later packets queue behind this mark
+  release       release the oldest epoch (everything before the first mark)
+  release-all   unplug: release everything, pass packets unbuffered until the next buffer
+  limit BYTES   bytes the plug may hold before it drops
+  stats         backlog bytes/packets, drops, requeues, overlimits
+
+examples:
+  remus-netbuf plug ifb0 buffer && remus-netbuf plug ifb0 release
+  remus-netbuf plug ifb0 limit 20000000
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 1 (exit 2 means anomalies)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {one_line(message)} (see --help)\n")
+        sys.exit(1)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="remus-netbuf",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="remus-netbuf", description=DESCRIPTION, epilog=EPILOG, formatter_class=raw
     )
     parser.add_argument("--version", action="version", version=f"remus-netbuf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    status = sub.add_parser(
+        "status",
+        help="show every netbuf and the anomalies",
+        description="One row per netbuf (claim in xenstore) with its IFB's state, then the "
+        "anomalies. Exit 0 when clean, 2 when anomalies are found.",
+        epilog="examples:\n  remus-netbuf status\n  remus-netbuf status --json | jq .anomalies",
+        formatter_class=raw,
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    gc = sub.add_parser(
+        "gc",
+        help="repair anomalies that belong to no live netbuf",
+        description="Under the pickifb lock, undo the anomalies no live netbuf owns: dead "
+        "domains' claims, unclaimed plugs, unclaimed redirects. Live netbufs are never touched.",
+        epilog="examples:\n  remus-netbuf gc --dry-run\n  remus-netbuf gc",
+        formatter_class=raw,
+    )
+    gc.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
+
+    plug = sub.add_parser(
+        "plug",
+        help="drive an IFB's plug by hand",
+        description="The plug control API from the command line, for manual operation and "
+        "checkpointers other than libxl.",
+        epilog=PLUG_EPILOG,
+        formatter_class=raw,
+    )
+    plug.add_argument("ifb", help="the IFB device, e.g. ifb0")
+    plug.add_argument("action", choices=["buffer", "release", "release-all", "limit", "stats"])
+    plug.add_argument("bytes", nargs="?", help="for limit: the byte limit")
+
+    for name, verb in (("setup", "install"), ("teardown", "remove")):
+        hot = sub.add_parser(
+            name,
+            help=f"{verb} a netbuf by hand (the hotplug action)",
+            description=f"The hotplug {name}, with flags instead of libxl's environment; the "
+            "same code path as remus-netbuf-setup, including hotplug-status/-error.",
+            epilog=f"example:\n  remus-netbuf {name} --vif vif3.0 "
+            "--xenbus-path /libxl/3/remus/netbuf/0" + (" --ifb ifb0" if name == "teardown" else ""),
+            formatter_class=raw,
+        )
+        hot.add_argument("--vif", required=True, help="the guest's vif, e.g. vif3.0")
+        hot.add_argument("--xenbus-path", required=True, help="/libxl/<domid>/remus/netbuf/<devid>")
+        if name == "teardown":
+            hot.add_argument("--ifb", help="the IFB to free (default: the claim's)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    parser.print_help()
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from .log import setup_logging
+
+    setup_logging("remus-netbuf")
+    try:
+        if args.command in ("setup", "teardown"):
+            return _hotplug(args)
+        if args.command == "plug":
+            return _plug(args)
+        return _status_or_gc(args)
+    except NetbufError as err:
+        sys.stderr.write(f"remus-netbuf: {err}\n")
+        return 1
+
+
+def _hotplug(args: argparse.Namespace) -> int:
+    from .hotplug import run
+
+    try:
+        xenbus_ids(args.xenbus_path)
+        check_ifname(args.vif, "--vif")
+        if args.command == "teardown" and args.ifb:
+            check_ifname(args.ifb, "--ifb")
+    except BadRequest as err:
+        sys.stderr.write(f"remus-netbuf: {err}\n")
+        return 1
+    request = Request(args.command, args.vif, args.xenbus_path, getattr(args, "ifb", None))
+    return run(request, os.environ)
+
+
+def _plug(args: argparse.Namespace) -> int:
+    from .plug import Plug
+
+    check_ifname(args.ifb, "IFB")
+    if (args.action == "limit") != (args.bytes is not None):
+        raise BadRequest(detail="limit takes BYTES; the other actions take nothing")
+    with Plug(args.ifb) as plug:
+        if args.action == "buffer":
+            plug.buffer()
+        elif args.action == "release":
+            plug.release_one()
+        elif args.action == "release-all":
+            plug.release_all()
+        elif args.action == "limit":
+            if not (args.bytes.isascii() and args.bytes.isdigit()):
+                raise BadRequest(detail=f"limit {args.bytes!r} is not a number of bytes")
+            plug.set_limit(int(args.bytes))
+        else:
+            s = plug.stats()
+            print(
+                f"{args.ifb}: backlog {s.backlog_bytes}b {s.backlog_packets}p "
+                f"drops {s.drops} requeues {s.requeues} overlimits {s.overlimits} "
+                f"sent {s.bytes}b {s.packets}p"
+            )
+    return 0
+
+
+def _status_or_gc(args: argparse.Namespace) -> int:
+    from .audit import anomalies
+    from .config import load_config
+    from .lock import pickifb_lock
+    from .netlink import Netlink
+    from .status import gc, render_json, render_table, scan
+    from .xenstore import Xenstore, socket_path
+
+    with Xenstore(socket_path(os.environ)) as xs, Netlink() as nl:
+        if args.command == "status":
+            snap = scan(xs, nl)
+            sys.stdout.write(render_json(snap) if args.json else render_table(snap))
+            return EXIT_ANOMALIES if anomalies(snap) else 0
+        with pickifb_lock(load_config(os.environ).lock_dir):
+            lines = gc(xs, nl, args.dry_run)
+    for line in lines or ["nothing to repair"]:
+        print(line)
     return 0
 
 

@@ -169,6 +169,33 @@ class Netlink:
                 )
         return found
 
+    def survey(self) -> tuple[list[Ifb], dict[str, QdiscStats], dict[str, set[str]]]:
+        """One look at everything netbufs use: the IFBs, the counters of their root qdiscs, and
+        which IFBs each device's ingress redirects to. One link dump and one qdisc dump, plus a
+        filter dump per device that has an ingress qdisc."""
+        links = {link.index: link for link in self.links()}
+        with self._request("list qdiscs"):
+            qdiscs = list(self._ipr.get_qdiscs())
+        roots = {q["index"]: q for q in qdiscs if q["parent"] == TC_H_ROOT}
+        ifbs = [
+            Ifb(link.name, roots[i].get_attr("TCA_KIND") if i in roots else None, link.up)
+            for i, link in links.items()
+            if link.kind == "ifb"
+        ]
+        stats = {
+            links[i].name: _stats(q) for i, q in roots.items() if i in links and q["handle"] != 0
+        }
+        redirects: dict[str, set[str]] = {}
+        for q in qdiscs:
+            if q.get_attr("TCA_KIND") != "ingress" or q["index"] not in links:
+                continue
+            name = links[q["index"]].name
+            with self._request(f"list filters of {name}"):
+                filters = self._ipr.tc("get-filter", index=q["index"], parent=INGRESS_PARENT)
+            targets = {t for msg in filters for t in _mirred_targets(msg)}
+            redirects[name] = {links[t].name for t in targets if t in links}
+        return ifbs, stats, redirects
+
     def stats(self, name: str) -> QdiscStats | None:
         """Counters of the root qdisc on ``name`` (None if only the default is there)."""
         index = self._index(name)
