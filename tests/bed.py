@@ -99,6 +99,8 @@ class Bed:
             "XENSTORED_PATH": self.xs_socket,
             "REMUS_NETBUF_CONF": str(self.conf),
         }
+        # coverage.py's subprocess measurement travels in COVERAGE_* variables.
+        env.update({k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")})
         env.update(extra)
         return env
 
