@@ -117,6 +117,8 @@ def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str) -> N
     with run.at("add redirect filter"):
         nl.add_redirect(vif, ifb, config.protocols)
     with run.at("publish to xenstore"):
+        # libxl takes any hotplug-error as failure: drop a stale one from an earlier run.
+        xs.remove(f"{run.request.xenbus_path}/hotplug-error")
         xs.write(f"{run.request.xenbus_path}/hotplug-status", "connected")
 
 

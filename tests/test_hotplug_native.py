@@ -350,3 +350,15 @@ def test_config_errors(bed: Bed, text: str, words: list[str]) -> None:
 def test_missing_config_file_named_by_env_is_an_error(bed: Bed) -> None:
     result = bed.hotplug("teardown", VIF, PATH5, REMUS_NETBUF_CONF="/nonexistent.conf")
     assert_one_line_failure(result, "/nonexistent.conf", "cannot read")
+
+
+def test_drop_in_script_runs_from_a_checkout(bed: Bed) -> None:
+    """scripts/remus-netbuf-setup, as linked into /etc/xen/scripts, under the system python3."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "remus-netbuf-setup"
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0")
+    bed.domain(5)
+    install_by_hand(bed, VIF, "ifb0", 5)
+    result = bed.hotplug("teardown", VIF, PATH5, remus_ifb="ifb0", program=str(script))
+    assert result.returncode == 0, result.stderr
+    bed.assert_clean(VIF, "ifb0", PATH5)

@@ -65,6 +65,7 @@ def test_setup_installs_plug_passing_libxls_check_and_teardown_leaves_nothing(be
     bed.add_vif(VIF)
     bed.add_ifb("ifb0")
     bed.domain(5)
+    bed.xs.seed(f"{PATH5}/hotplug-error", "stale, from an earlier failed run")
     ifb = setup_ok(bed)
     assert ifb == "ifb0"
     bed.assert_installed(VIF, ifb, PATH5)
