@@ -4,12 +4,15 @@ Nothing else imports pyxs. The socket is found as libxenstore finds it: ``$XENST
 ``/var/run/xenstored/socket``, else ``/dev/xen/xenbus`` (pyxs itself does not fall back). pyxs
 takes 7-bit ASCII only, so values are sanitised here. pyxs's router thread waits forever for the
 reply to a request whose connection dropped; our router hands every waiter an ``ECONNRESET``
-instead, so a lost xenstored is a clean error, not a hang until libxl's SIGKILL.
+instead, so a lost xenstored is a clean error, not a hang until libxl's SIGKILL. A lost
+connection is reopened once per request (a transaction is then started again from the top),
+which rides out a xenstored restart; a daemon that stays away is an error.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +25,7 @@ from .decide import NETBUF_ROOT, Claim
 from .errors import XenstoreError, one_line
 
 T = TypeVar("T")
+log = logging.getLogger("remus_netbuf")
 DEFAULT_SOCKET = "/var/run/xenstored/socket"
 XENBUS_DEVICE = "/dev/xen/xenbus"
 TX_ATTEMPTS = 50  # EAGAIN retries of one transaction before giving up
@@ -54,18 +58,31 @@ class Xenstore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if path == XENBUS_DEVICE:
-            connection: Any = pyxs.connection.XenBusConnection(path)
+        self._client = self._new_client()
+
+    def _new_client(self) -> Any:
+        if self.path == XENBUS_DEVICE:
+            connection: Any = pyxs.connection.XenBusConnection(self.path)
         else:
-            connection = pyxs.connection.UnixSocketConnection(path)
-        self._client = pyxs.Client(router=_Router(connection))
+            connection = pyxs.connection.UnixSocketConnection(self.path)
+        return pyxs.Client(router=_Router(connection))
 
     def __enter__(self) -> Xenstore:
+        self._connect()
+        return self
+
+    def _connect(self) -> None:
         try:
             self._client.connect()
         except (pyxs.PyXSError, OSError) as err:
             raise XenstoreError(detail=f"cannot connect to {self.path}: {_reason(err)}") from None
-        return self
+
+    def _reconnect(self) -> None:
+        log.warning("xenstore: connection to %s lost; reconnecting", self.path)
+        self._client.tx_id = 0
+        self._client.close()
+        self._client = self._new_client()
+        self._connect()
 
     def __exit__(self, *exc: object) -> None:
         self._client.tx_id = 0  # an aborted transaction dies with the connection
@@ -117,15 +134,23 @@ class Xenstore:
 
     def transaction(self, body: Callable[[Xenstore], T]) -> T:
         """Run ``body`` in a transaction, again from the start whenever the commit hits EAGAIN."""
+        reconnected = False
         for attempt in range(TX_ATTEMPTS):
-            self._guard(self._client.transaction)
             try:
-                result = body(self)
-            except BaseException:
-                self._abort()
-                raise
-            if self._guard(self._client.commit):
-                return result
+                self._guard(self._client.transaction)
+                try:
+                    result = body(self)
+                except BaseException:
+                    self._abort()
+                    raise
+                if self._guard(self._client.commit):
+                    return result
+            except _Lost:
+                if reconnected:
+                    raise
+                self._reconnect()  # the transaction died with the connection: start it again
+                reconnected = True
+                continue
             time.sleep(min(0.001 * 2**attempt, 0.05))
         raise XenstoreError(detail=f"transaction still conflicting after {TX_ATTEMPTS} attempts")
 
@@ -138,8 +163,16 @@ class Xenstore:
             self._client.tx_id = 0
 
     def _call(self, verb: str, path: str, *args: bytes) -> Any:
-        method = getattr(self._client, verb)
-        return self._guard(lambda: method(path.encode("ascii"), *args), verb, path)
+        def request() -> Any:
+            return getattr(self._client, verb)(path.encode("ascii"), *args)
+
+        try:
+            return self._guard(request, verb, path)
+        except _Lost:
+            if self._client.tx_id:
+                raise  # the transaction is gone; transaction() starts it again
+            self._reconnect()
+            return self._guard(request, verb, path)
 
     def _guard(self, call: Callable[[], T], verb: str = "transaction", path: str = "") -> T:
         try:
@@ -148,7 +181,11 @@ class Xenstore:
             if err.args and err.args[0] == errno.ENOENT and verb in ("read", "delete", "list"):
                 raise _Missing() from None
             where = f" {path}" if path else ""
-            raise XenstoreError(detail=f"{verb}{where}: {_reason(err)}") from None
+            lost = isinstance(err, pyxs.exceptions.ConnectionError) or (
+                err.args and err.args[0] == errno.ECONNRESET
+            )
+            error = _Lost if lost else XenstoreError
+            raise error(detail=f"{verb}{where}: {_reason(err)}") from None
         except (OSError, ValueError) as err:
             raise XenstoreError(detail=f"{verb} {path}: {_reason(err)}") from None
 
@@ -159,6 +196,10 @@ def _number(name: str) -> bool:
 
 class _Missing(Exception):
     """ENOENT from xenstored, for the operations where absence is an answer."""
+
+
+class _Lost(XenstoreError):
+    """The connection to xenstored broke: worth one reconnection."""
 
 
 def _reason(err: BaseException) -> str:
