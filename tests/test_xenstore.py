@@ -1,0 +1,114 @@
+"""The xenstore module over the real wire protocol, against the stand-in xenstored."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remus_netbuf.decide import Claim
+from remus_netbuf.errors import XenstoreError
+from remus_netbuf.xenstore import TX_ATTEMPTS, Xenstore, socket_path
+from tests.xenstored_standin import XenstoredStandin
+
+
+@pytest.fixture
+def standin() -> Iterator[XenstoredStandin]:
+    import tempfile
+
+    sock = os.path.join(tempfile.mkdtemp(prefix="rnb-", dir="/tmp"), "xs.sock")
+    with XenstoredStandin(sock) as server:
+        yield server
+
+
+@pytest.fixture
+def xs(standin: XenstoredStandin) -> Iterator[Xenstore]:
+    with Xenstore(standin.socket_path) as client:
+        yield client
+
+
+def test_read_write_remove(xs: Xenstore, standin: XenstoredStandin) -> None:
+    xs.write("/libxl/3/remus/netbuf/0/ifb", "ifb0")
+    assert xs.read("/libxl/3/remus/netbuf/0/ifb") == "ifb0"
+    assert xs.read("/nope") is None
+    xs.remove("/libxl/3/remus/netbuf/0/ifb")
+    xs.remove("/libxl/3/remus/netbuf/0/ifb")  # twice: fine
+    xs.remove("/no/such/parent")  # missing parent: also fine for us
+    assert "/libxl/3/remus/netbuf/0/ifb" not in standin.nodes()
+
+
+def test_values_are_sanitised_to_one_ascii_line(xs: Xenstore) -> None:
+    xs.write("/t", "bad\nvalue é\x1b")
+    assert xs.read("/t") == "bad value \\xe9\\x1b"
+
+
+def test_claims_in_one_walk_and_live_domains(xs: Xenstore, standin: XenstoredStandin) -> None:
+    standin.seed("/local/domain/3/name", "a")
+    standin.seed("/local/domain/12/name", "b")
+    standin.seed("/libxl/3/remus/netbuf/0/ifb", "ifb0")
+    standin.seed("/libxl/3/remus/netbuf/1/ifb", "ifb1")
+    standin.seed("/libxl/12/remus/netbuf/0/hotplug-status", "error")  # no claim
+    standin.seed("/libxl/7/device/vif/0/x", "unrelated")
+    standin.seed("/libxl/junk/remus/netbuf/0/ifb", "ifb9")  # not a domid: ignored
+    before = standin.requests
+    assert sorted(xs.claims(), key=lambda c: (c.domid, c.devid)) == [
+        Claim(3, 0, "ifb0"),
+        Claim(3, 1, "ifb1"),
+    ]
+    # 1 list of /libxl, 1 list per numeric domain (3, 7, 12), 1 read per netbuf (3/0, 3/1,
+    # 12/0): no per-candidate scans.
+    assert standin.requests - before == 1 + 3 + 3
+    assert xs.live_domids() == {3, 12}  # dom0 excluded
+
+
+def test_transaction_retries_on_eagain(xs: Xenstore, standin: XenstoredStandin) -> None:
+    standin.eagain_commits = 5
+    calls = []
+    xs.transaction(lambda tx: calls.append(tx.write("/claim", "ifb0")))
+    assert len(calls) == 6
+    assert standin.nodes()["/claim"] == "ifb0"
+
+
+def test_transaction_gives_up_after_an_endless_storm(
+    xs: Xenstore, standin: XenstoredStandin
+) -> None:
+    standin.eagain_commits = TX_ATTEMPTS
+    with pytest.raises(XenstoreError, match="still conflicting"):
+        xs.transaction(lambda tx: tx.write("/claim", "ifb0"))
+    assert "/claim" not in standin.nodes()  # never half-written
+
+
+def test_lost_connection_is_reopened_once(xs: Xenstore, standin: XenstoredStandin) -> None:
+    xs.write("/a", "1")
+    standin.drop_after_requests = 0
+    assert xs.read("/a") == "1"
+    standin.drop_after_requests = 1  # drop inside the transaction: it starts again
+    xs.transaction(lambda tx: (tx.read("/a"), tx.write("/b", "2")))
+    assert standin.nodes()["/b"] == "2"
+
+
+def test_daemon_gone_is_an_error_not_a_hang(xs: Xenstore, standin: XenstoredStandin) -> None:
+    standin.stop()
+    started = time.monotonic()
+    with pytest.raises(XenstoreError, match="cannot connect"):
+        xs.read("/a")
+    assert time.monotonic() - started < 10
+
+
+def test_unreachable_socket(tmp_path: Path) -> None:
+    with pytest.raises(XenstoreError, match="cannot connect to .*: No such file or directory"):
+        with Xenstore(str(tmp_path / "absent.sock")):
+            pass
+
+
+def test_socket_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert socket_path({"XENSTORED_PATH": "/x/y"}) == "/x/y"
+    monkeypatch.setattr("remus_netbuf.xenstore.os.path.exists", lambda p: p == "/dev/xen/xenbus")
+    assert socket_path({}) == "/dev/xen/xenbus"
+    monkeypatch.setattr("remus_netbuf.xenstore.os.path.exists", lambda p: True)
+    assert socket_path({}) == "/var/run/xenstored/socket"
+    monkeypatch.setattr("remus_netbuf.xenstore.os.path.exists", lambda p: False)
+    assert socket_path({}) == "/var/run/xenstored/socket"
