@@ -107,13 +107,14 @@ def rows(snap: Snapshot) -> list[Row]:
 def anomalies(snap: Snapshot) -> list[Anomaly]:
     """Every anomaly, in a stable order: by kind, then by name."""
     found: list[Anomaly] = []
-    live = live_claims(snap.claims, snap.live_domids)
+    claims = sorted(snap.claims, key=lambda c: (c.domid, c.devid))  # not xenstore's order
+    live = live_claims(claims, snap.live_domids)
     ifbs = {i.name: i for i in snap.ifbs}
     by_ifb: dict[str, list[Claim]] = defaultdict(list)
     for claim in live:
         by_ifb[claim.ifb].append(claim)
 
-    for claim in snap.claims:
+    for claim in claims:
         if claim.domid not in snap.live_domids:
             found.append(
                 Anomaly(
@@ -129,6 +130,17 @@ def anomalies(snap: Snapshot) -> list[Anomaly]:
             found.append(
                 Anomaly("claim-without-plug", f"{claim.path}/ifb = {claim.ifb}, which {why}")
             )
+    for claim in live:
+        vif = snap.vif_names.get(claim.path, vif_name(claim.domid, claim.devid, None))
+        has_plug = claim.ifb in ifbs and ifbs[claim.ifb].root_qdisc == "plug"
+        if has_plug and claim.ifb not in snap.redirects.get(vif, set()):
+            found.append(
+                Anomaly(
+                    "claim-without-redirect",
+                    f"{claim.path}/ifb = {claim.ifb}, but {vif} does not redirect to it: "
+                    "the guest's output is not buffered",
+                )
+            )
     for name in sorted(ifbs, key=natural_key):
         if ifbs[name].root_qdisc == "plug" and name not in by_ifb:
             found.append(
@@ -142,15 +154,18 @@ def anomalies(snap: Snapshot) -> list[Anomaly]:
         (snap.vif_names.get(c.path, vif_name(c.domid, c.devid, None)), c.ifb) for c in live
     }
     for vif in sorted(snap.redirects, key=natural_key):
-        stray = sorted((i for i in snap.redirects[vif] if (vif, i) not in claimed_pairs), key=str)
+        stray = sorted(
+            (i for i in snap.redirects[vif] if (vif, i) not in claimed_pairs), key=natural_key
+        )
         if stray:
-            # A vif that also carries a live netbuf's redirect keeps its ingress: gc leaves it.
-            shared = any((vif, i) in claimed_pairs for i in snap.redirects[vif])
+            # The vif of a live netbuf keeps its ingress, even a wrong one: gc never touches a
+            # live netbuf; the admin tears it down.
+            live_vif = any(v == vif for v, _ in claimed_pairs)
             found.append(
                 Anomaly(
                     "unclaimed-redirect",
                     f"{vif} redirects to {', '.join(stray)}, which no live netbuf claims for it",
-                    [] if shared else [Repair("remove-ingress", vif)],
+                    [] if live_vif else [Repair("remove-ingress", vif)],
                 )
             )
     for name in sorted(by_ifb, key=natural_key):

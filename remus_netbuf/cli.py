@@ -148,6 +148,11 @@ def _plug(args: argparse.Namespace) -> int:
     check_ifname(args.ifb, "IFB")
     if (args.action == "limit") != (args.bytes is not None):
         raise BadRequest(detail="limit takes BYTES; the other actions take nothing")
+    limit = 0
+    if args.action == "limit":
+        limit = int(args.bytes) if args.bytes.isascii() and args.bytes.isdigit() else 0
+        if not 0 < limit < 2**32:
+            raise BadRequest(detail=f"limit {args.bytes!r} is not a number of bytes, 1..2^32-1")
     with Plug(args.ifb) as plug:
         if args.action == "buffer":
             plug.buffer()
@@ -156,9 +161,7 @@ def _plug(args: argparse.Namespace) -> int:
         elif args.action == "release-all":
             plug.release_all()
         elif args.action == "limit":
-            if not (args.bytes.isascii() and args.bytes.isdigit()):
-                raise BadRequest(detail=f"limit {args.bytes!r} is not a number of bytes")
-            plug.set_limit(int(args.bytes))
+            plug.set_limit(limit)
         else:
             s = plug.stats()
             print(

@@ -18,7 +18,7 @@ class Ifb:
     """An IFB device as the kernel shows it."""
 
     name: str
-    root_qdisc: str | None  # kind of the root qdisc; None when only the default is attached
+    root_qdisc: str | None  # kind of the root qdisc (pfifo_fast once up); None: none listed
     up: bool = False
 
 

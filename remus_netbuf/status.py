@@ -135,6 +135,7 @@ def gc(xs: Xenstore, nl: Netlink, dry_run: bool) -> list[str]:
 def _apply(xs: Xenstore, nl: Netlink, action: str, target: str) -> None:
     if action == "remove-claim":
         for node in ("ifb", "hotplug-status", "hotplug-error"):
+            log.info("%s: xenstore-rm %s/%s", target, target, node)
             xs.remove(f"{target}/{node}")
     elif action == "unplug":
         nl.remove_plug(target)

@@ -30,6 +30,7 @@ from remus_netbuf.decide import Claim, Ifb, netbuf_path
 KIND_ORDER = [
     "dead-domain-claim",
     "claim-without-plug",
+    "claim-without-redirect",
     "unclaimed-plug",
     "unclaimed-redirect",
     "double-claim",
@@ -367,11 +368,6 @@ def test_result_does_not_depend_on_the_order_of_ifbs_and_redirects() -> None:
         assert (rows(shuffled), anomalies(shuffled)) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dead-domain-claim and claim-without-plug follow the claims' xenstore order "
-    "(creation order), and a double-claim lists its paths in that order: not by name",
-)
 def test_anomalies_do_not_depend_on_the_order_claims_were_made() -> None:
     world = World().claim(12, 0, "ifb8", live=False).claim(3, 0, "ifb9", live=False)
     world.claim(14, 0, "ifb7").claim(4, 0, "ifb6")  # live, IFBs missing
@@ -391,11 +387,6 @@ def test_anomalies_do_not_depend_on_the_order_claims_were_made() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a live netbuf whose vif does not redirect into its IFB is no anomaly: "
-    "status exits 0 while the guest's output bypasses the plug",
-)
 def test_live_netbuf_without_its_redirect_is_an_anomaly() -> None:
     world = World().netbuf(3, 0, "ifb0")
     world.redirects.clear()  # e.g. someone ran tc qdisc del dev vif3.0 ingress

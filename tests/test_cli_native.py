@@ -344,11 +344,6 @@ def test_plug_on_a_missing_ifb_fails_naming_it(bed: Bed) -> None:
     one_line_failure(bed.cli("plug", "ifb9", "stats"), "ifb9: plug open failed", "not found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: plug limit BYTES is checked only after the IFB's plug is opened, so a typo "
-    "in BYTES is reported as a problem with the IFB",
-)
 @pytest.mark.parametrize("value", ["10M", "0"])
 def test_plug_limit_value_is_checked_before_the_ifb(bed: Bed, value: str) -> None:
     one_line_failure(bed.cli("plug", "ifb9", "limit", value), "bad invocation", value)

@@ -28,7 +28,8 @@ diff before committing it).
         }
       ],
       "anomalies": [           # grouped by kind in this order, then by name:
-        {                      #   dead-domain-claim, claim-without-plug, unclaimed-plug,
+        {                      #   dead-domain-claim, claim-without-plug,
+                               #   claim-without-redirect, unclaimed-plug,
                                #   unclaimed-redirect, double-claim
           "kind": "unclaimed-plug",
           "detail": "ifb10 has a plug but no live netbuf claims it",   # one line, for people
@@ -39,10 +40,12 @@ diff before committing it).
 
 Anomaly kinds: ``dead-domain-claim`` (a claim of a domain that no longer exists; gc removes the
 claim with its hotplug-status and hotplug-error), ``claim-without-plug`` (a live claim whose IFB
-is missing or has no plug; left alone), ``unclaimed-plug`` (an IFB with a plug that no live
+is missing or has no plug; left alone), ``claim-without-redirect`` (a live claim whose IFB has
+its plug but whose vif does not redirect to it: the guest's output is not buffered; left
+alone), ``unclaimed-plug`` (an IFB with a plug that no live
 netbuf claims; gc unplugs it and brings it down), ``unclaimed-redirect`` (a vif's ingress
 redirects to an IFB that no live netbuf claims for that vif; gc removes the vif's ingress,
-unless the vif also carries a live netbuf's redirect), ``double-claim`` (two live netbufs claim
+unless the vif is a live netbuf's), ``double-claim`` (two live netbufs claim
 one IFB; left alone). Exit status: 0 no anomaly, 2 anomalies, 1 failure.
 """
 
@@ -90,13 +93,15 @@ def every_anomaly() -> Snapshot:
             Claim(6, 0, "ifb3"),  # double-claim with 8/0
             Claim(7, 0, "ifb1"),  # dead domain: claim, plug and redirect left behind
             Claim(8, 0, "ifb3"),
+            Claim(9, 0, "ifb4"),  # claim-without-redirect: plugged, but vif9.0 bypasses it
         ],
-        live_domids={3, 4, 5, 6, 8},
+        live_domids={3, 4, 5, 6, 8, 9},
         ifbs=[
             Ifb("ifb0", "plug", True),
             Ifb("ifb1", "plug", True),
             Ifb("ifb2", None, True),
             Ifb("ifb3", "plug", True),
+            Ifb("ifb4", "plug", True),
             Ifb("ifb5", None),
             Ifb("ifb6", "pfifo_fast", True),
             Ifb("ifb10", "plug"),  # unclaimed-plug
