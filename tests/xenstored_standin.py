@@ -31,13 +31,26 @@ from typing import NamedTuple
 
 HEADER = struct.Struct("<IIII")  # type, req_id, tx_id, len: struct xsd_sockmsg in xs_wire.h
 PAYLOAD_MAX = 4096  # XENSTORE_PAYLOAD_MAX
-OPS = dict(enumerate(
-    "CONTROL DIRECTORY READ GET_PERMS WATCH UNWATCH TRANSACTION_START TRANSACTION_END INTRODUCE"
-    " RELEASE GET_DOMAIN_PATH WRITE MKDIR RM SET_PERMS WATCH_EVENT ERROR IS_DOMAIN_INTRODUCED"
-    " RESUME SET_TARGET #20 RESET_WATCHES DIRECTORY_PART".split()))  # 20 was RESTRICT, removed
+OPS = dict(
+    enumerate(
+        "CONTROL DIRECTORY READ GET_PERMS WATCH UNWATCH TRANSACTION_START TRANSACTION_END INTRODUCE"
+        " RELEASE GET_DOMAIN_PATH WRITE MKDIR RM SET_PERMS WATCH_EVENT ERROR IS_DOMAIN_INTRODUCED"
+        " RESUME SET_TARGET #20 RESET_WATCHES DIRECTORY_PART".split()
+    )
+)  # 20 was RESTRICT, removed
 WATCH_EVENT, ERROR = 15, 16
-PATH_OPS = {"DIRECTORY", "READ", "GET_PERMS", "WATCH", "UNWATCH", "WRITE", "MKDIR", "RM",
-            "SET_PERMS", "DIRECTORY_PART"}
+PATH_OPS = {
+    "DIRECTORY",
+    "READ",
+    "GET_PERMS",
+    "WATCH",
+    "UNWATCH",
+    "WRITE",
+    "MKDIR",
+    "RM",
+    "SET_PERMS",
+    "DIRECTORY_PART",
+}
 TREE_OPS = PATH_OPS - {"WATCH", "UNWATCH"} | {"GET_DOMAIN_PATH", "IS_DOMAIN_INTRODUCED"}
 HOME = "/local/domain/0"  # where dom0's relative paths point
 NODE_CHARS = frozenset(string.ascii_letters + string.digits + "-/_@")
@@ -66,7 +79,7 @@ class Watch:
 
     def event(self, path: str) -> bytes:
         if self.relative and path.startswith(HOME + "/"):
-            path = path[len(HOME) + 1:]
+            path = path[len(HOME) + 1 :]
         body = f"{path}\0{self.token}\0".encode("latin-1")
         return HEADER.pack(WATCH_EVENT, 0, 0, len(body)) + body  # req_id 0, as xenstored's
 
@@ -91,7 +104,7 @@ class Tree:
     def children(self, path: str) -> bytes:
         """Each child's name NUL-terminated, oldest first as in xenstored."""
         prefix = path.rstrip("/") + "/"
-        names = [p[len(prefix):] for p in self.nodes if p.startswith(prefix) and p != "/"]
+        names = [p[len(prefix) :] for p in self.nodes if p.startswith(prefix) and p != "/"]
         return "".join(f"{name}\0" for name in names if "/" not in name).encode("latin-1")
 
     def write(self, path: str, value: bytes) -> None:
@@ -131,7 +144,7 @@ class Tree:
             raise XsError("EINVAL")
         path, node = self.get(args[0])
         body, gen = b"", f"{node.gen}\0".encode()
-        for name in self.children(path)[int(args[1]):].split(b"\0")[:-1]:
+        for name in self.children(path)[int(args[1]) :].split(b"\0")[:-1]:
             if len(gen + body + name) + 2 > PAYLOAD_MAX:
                 return gen + body  # the client asks again from its new offset
             body += name + b"\0"
@@ -328,8 +341,9 @@ class XenstoredStandin:
         self._flush()
         return True
 
-    def _dispatch(self, conn: Connection, name: str, tx_id: int,
-                  payload: bytes) -> tuple[bytes, list[bytes]]:
+    def _dispatch(
+        self, conn: Connection, name: str, tx_id: int, payload: bytes
+    ) -> tuple[bytes, list[bytes]]:
         """The reply's payload, and any frames for this client to follow it."""
         if name in ("WATCH", "UNWATCH"):  # these ignore tx_id (XS_FLAG_NOTID)
             return conn.watch(name == "WATCH", payload)
@@ -410,8 +424,13 @@ def _gen(nodes: dict[str, Node], path: str) -> int | None:
 def _node_path(raw: str) -> str:
     """The canonical node path, or EINVAL as xenstored's is_valid_nodename() decides."""
     path = raw if raw.startswith(("/", "@")) else f"{HOME}/{raw}"
-    if (not path.startswith("/") or (path.endswith("/") and path != "/") or "//" in path
-            or len(path) > 3072 or not set(path) <= NODE_CHARS):
+    if (
+        not path.startswith("/")
+        or (path.endswith("/") and path != "/")
+        or "//" in path
+        or len(path) > 3072
+        or not set(path) <= NODE_CHARS
+    ):
         raise XsError("EINVAL")
     return path
 
