@@ -1,12 +1,15 @@
 #!/bin/bash
-# Init (PID 1) of the UML test tier, started by tests/umltier.py on the host.
+# Init (PID 1) of a UML boot, started by tools/umlrun.py on the host (for the test tier
+# tests/umltier.py, the demo and the benchmarks).
 #
 # Makes a small private system on the host's root file system (hostfs): proc, sysfs, tmpfs on
 # /run (locks, sockets and /run/netns stay inside this instance) and on /tmp (unless the host
-# said the repo or the work dir is there), the kernel modules the tests need, lo up. Then runs the inner pytest and halts. Everything the host reads back is
-# written to the work dir: timeline (kernel uptime at each step), modules (ok/FAILED per
-# module), pytest.rc; the inner plugin writes report.jsonl. Our own output goes to the console,
-# which the host keeps as console.log; the inner pytest's goes to the second one, pytest.log.
+# said the repo or the work dir is there), the kernel modules the tests need, lo up. Then runs
+# the command the host wrote to the work dir (the tier's: the inner pytest) and halts.
+# Everything the host reads back is written to the work dir: timeline (kernel uptime at each
+# step), modules (ok/FAILED per module), rc (the command's exit status); the tier's inner
+# plugin writes report.jsonl. Our own output goes to the console, which the host keeps as
+# console.log; the command's goes to the second one (stderr: the third, or the second too).
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 work=${REMUS_NETBUF_UML_WORK:?set on the kernel command line}
@@ -67,14 +70,14 @@ fi
 ip link set lo up
 mark modules
 
-# The inner pytest writes to the second console, which the host has opened as pytest.log:
-# written straight through, it survives UML being killed on timeout.
+# The command writes to the second console (stderr: the third, or the second too), which the
+# host has opened on a file or its own stdout: written straight through, it survives UML being
+# killed on timeout.
+err=${REMUS_NETBUF_UML_STDERR:-/dev/tty1}
 stty -F /dev/tty1 -opost
-mapfile -t tests <"$work/tests"
-mark pytest
-cd "$REMUS_NETBUF_UML_ROOTDIR" &&
-    "$REMUS_NETBUF_UML_PYTHON" -m pytest --rootdir "$REMUS_NETBUF_UML_ROOTDIR" \
-        -p "$REMUS_NETBUF_UML_PLUGIN" -p no:cacheprovider -v --color=no "${tests[@]}" \
-        </dev/null >/dev/tty1 2>&1
-echo $? >"$work/pytest.rc"
+[ "$err" = /dev/tty1 ] || stty -F "$err" -opost
+mapfile -d '' -t command <"$work/command"  # NUL-terminated arguments
+mark run
+cd "$REMUS_NETBUF_UML_CWD" && "${command[@]}" </dev/null >/dev/tty1 2>"$err"
+echo $? >"$work/rc"
 mark done

@@ -12,6 +12,9 @@ skip. Fixtures of uml tests are set up inside UML only, never on the host.
 ``@pytest.mark.uml(on_host=True)`` marks a test that drives the tier itself from the host: it is
 selected with the tier (``-m uml``) but runs on the host.
 
+Booting is tools/umlrun.py's (shared with the demo and the benchmarks); this plugin gives it the
+inner pytest as the command and reads the results back.
+
 If UML cannot run (no kernel binary, no boot), uml tests skip, or fail when CI=true. Settings
 (environment first, then ini option): REMUS_NETBUF_UML_KERNEL / uml_kernel, REMUS_NETBUF_UML_MEM
 / uml_mem, REMUS_NETBUF_UML_TIMEOUT / uml_timeout (seconds for boot, tests and halt together),
@@ -24,12 +27,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,10 @@ from typing import Any
 import pytest
 from _pytest._io import TerminalWriter  # what longreprtext uses; not public
 
+from tools import umlrun
+
 IN_UML = "REMUS_NETBUF_IN_UML"
 REPORT = "REMUS_NETBUF_UML_REPORT"
-INIT_SCRIPT = Path(__file__).with_name("uml_init.sh")
 # The directory from which this plugin imports by its dotted name (the repo root for tests.umltier).
 IMPORT_ROOT = Path(__file__).resolve().parents[__name__.count(".")]
 TAIL_LINES = 40
@@ -134,10 +134,10 @@ class TierRun:
         lines = [f"UML run: {self.wall:.1f} s wall"]
         if "init" in t:
             lines.append(f"boot: kernel up {t['init']:.1f} s when init started")
-        if "pytest" in t and "done" in t:
+        if "run" in t and "done" in t:
             tests = sum(float(r.get("duration", 0.0)) for r in self.records.values())
             lines.append(
-                f"inner pytest: {t['done'] - t['pytest']:.1f} s, of which tests "
+                f"inner pytest: {t['done'] - t['run']:.1f} s, of which tests "
                 f"{tests:.1f} s; tier overhead {self.wall - tests:.1f} s"
             )
         lines += [f"module FAILED inside UML: {m}" for m in self.module_failures]
@@ -248,58 +248,27 @@ def run_uml(settings: Settings, nodeids: list[str], rootdir: Path) -> TierRun:
 
 
 def _prepare(settings: Settings, nodeids: list[str], rootdir: Path) -> Path:
-    workdir = Path(tempfile.mkdtemp(prefix="remus-netbuf-uml-", dir=settings.workdir_parent))
-    init = workdir / "init"  # a copy: the kernel command line cannot quote a path with spaces
-    shutil.copyfile(INIT_SCRIPT, init)
-    init.chmod(0o755)
-    (workdir / "tests").write_text("".join(f"{n}\n" for n in nodeids))
-    (workdir / "env").write_text(_env_file(workdir, rootdir))
+    workdir = umlrun.make_workdir(settings.workdir_parent)
+    command = [sys.executable, "-m", "pytest", "--rootdir", str(rootdir), "-p", __name__]
+    command += ["-p", "no:cacheprovider", "-v", "--color=no", *nodeids]
+    pythonpath = os.pathsep.join(p for p in (str(IMPORT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {REPORT: str(workdir / "report.jsonl"), "PYTHONPATH": pythonpath}
+    umlrun.write_job(workdir, command, rootdir, env, visible=[IMPORT_ROOT])
     return workdir
 
 
 def _boot(kernel: str, settings: Settings, workdir: Path) -> tuple[int, bool]:
     """Run UML to its end or the timeout; return its exit status and whether it timed out."""
-    args = f"mem={settings.mem} rootfstype=hostfs rootflags=/ rw init={workdir}/init con=null"
-    args += f" con0=null,fd:2 uml_dir={workdir} REMUS_NETBUF_UML_WORK={workdir}"
-    env = {**os.environ, "TMPDIR": _ram_dir(settings.mem)}  # where UML keeps its RAM file
     # The inner pytest writes to UML's second console, pytest.log: straight to the host, unlike
     # a file over hostfs, so it survives UML being killed on timeout.
-    with open(workdir / "console.log", "wb") as console, open(workdir / "pytest.log", "wb") as log:
-        args += f" con1=null,fd:{log.fileno()}"
-        proc = subprocess.Popen(
-            [kernel, *args.split()],
-            stdin=subprocess.DEVNULL,
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,
-            pass_fds=(log.fileno(),),
-        )
-    try:
-        proc.wait(timeout=settings.timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        try:  # UML's helper processes too: they share its process group
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-    return proc.returncode, timed_out
+    with open(workdir / "pytest.log", "wb") as log:
+        fd = log.fileno()
+        return umlrun.boot(kernel, settings.mem, settings.timeout, workdir, fd, fd)
 
 
 def _read_back(workdir: Path) -> TierRun:
-    run = TierRun(workdir)
-    for line in _lines(workdir / "timeline"):
-        name, _, uptime = line.partition(" ")
-        run.timeline[name] = float(uptime)
-    run.module_failures = [
-        ln.removeprefix("FAILED ").strip()
-        for ln in _lines(workdir / "modules")
-        if ln.startswith("FAILED")
-    ]
+    back = umlrun.read_back(workdir)
+    run = TierRun(workdir, timeline=back.timeline, module_failures=back.module_failures)
     for line in _lines(workdir / "report.jsonl"):
         try:
             rec = json.loads(line)
@@ -307,49 +276,6 @@ def _read_back(workdir: Path) -> TierRun:
             continue
         run.records[rec["nodeid"]] = rec
     return run
-
-
-def _env_file(workdir: Path, rootdir: Path) -> str:
-    """Shell assignments for the init: what the inner run needs from the host."""
-    values = {
-        IN_UML: "1",
-        REPORT: str(workdir / "report.jsonl"),
-        "REMUS_NETBUF_UML_ROOTDIR": str(rootdir),
-        "REMUS_NETBUF_UML_PYTHON": sys.executable,
-        "REMUS_NETBUF_UML_PLUGIN": __name__,
-        # tmpfs over /tmp keeps test files private to UML, but would hide anything we need there.
-        "REMUS_NETBUF_UML_PRIVATE_TMP": "0" if _under_tmp(workdir, rootdir) else "1",
-        "PATH": os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin",
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(IMPORT_ROOT), os.environ.get("PYTHONPATH")) if p
-        ),
-    }
-    for name in ("HOME", "LANG", "LC_ALL", "CI"):
-        if name in os.environ:
-            values[name] = os.environ[name]
-    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
-
-
-def _under_tmp(*paths: Path) -> bool:
-    candidates = [*paths, IMPORT_ROOT, Path(sys.executable), Path(sys.prefix)]
-    for p in candidates:
-        for q in (p, p.resolve()):
-            if q == Path("/tmp") or Path("/tmp") in q.parents:
-                return True
-    return False
-
-
-def _ram_dir(mem: str) -> str:
-    """/dev/shm when it can hold UML's RAM (it is small in containers), else the temp dir."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = int(mem[:-1]) * units[mem[-1].upper()] if mem[-1:].upper() in units else int(mem)
-    try:
-        st = os.statvfs("/dev/shm")
-        if os.access("/dev/shm", os.W_OK) and st.f_bavail * st.f_frsize > size:
-            return "/dev/shm"
-    except OSError:
-        pass
-    return tempfile.gettempdir()
 
 
 def _lines(path: Path) -> list[str]:

@@ -1,0 +1,1 @@
+"""Developer tools: run a command inside User-Mode Linux (umlrun), the demo."""
