@@ -109,13 +109,8 @@ def ip_batch(bed: Bed, lines: Iterable[str]) -> None:
 
 
 def add_vifs(bed: Bed, guests: str, domids: Iterable[int]) -> None:
-    """A live domain and its vif (a veth whose other end is in the guests' namespace) each.
-
-    XENBUS_PATH is made beforehand: the stand-in xenstored commits only the leaf of a path a
-    transaction creates (the missing parents it made are lost at commit), so a fresh claim
-    would stay hidden from directory walks (gc's, setup's) until a plain write made its
-    parents. A real xenstored commits the parents too; this gives the same tree.
-    """
+    """A live domain and its vif (a veth whose other end is in the guests' namespace) each,
+    and its XENBUS_PATH node."""
     domids = list(domids)
     ip_batch(bed, [f"link add {vif(d)} type veth peer name g{d} netns {guests}" for d in domids])
     ip_batch(bed, [f"link set {vif(d)} up" for d in domids])

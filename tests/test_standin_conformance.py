@@ -441,7 +441,7 @@ def test_wire_replies_as_xenstored(raw: Callable[[], Raw]) -> None:
     assert conn.call(14, b"/w/a\0x1\0") == (16, b"EINVAL\0")
     assert conn.call(99, b"") == (16, b"ENOSYS\0")  # unknown type, as xenstored answers
     assert conn.call(15, b"") == (16, b"ENOSYS\0")
-    assert conn.call(8, b"1\02\03\0") == (16, b"EINVAL\0")  # INTRODUCE: no hypervisor
+    assert conn.call(8, b"1\x002\x003\x00") == (16, b"EINVAL\0")  # INTRODUCE: no hypervisor
     assert conn.call(10, b"5\0") == (10, b"/local/domain/5\0")
 
 
@@ -450,13 +450,25 @@ def test_wire_transactions(standin: XenstoredStandin, raw: Callable[[], Raw]) ->
     kind, tx = conn.call(6, b"\0")
     assert kind == 6 and tx.endswith(b"\0") and tx[:-1].isdigit()
     tx_id = int(tx[:-1])
-    assert conn.call(11, b"/x\01", tx_id=tx_id) == (11, b"OK\0")
+    assert conn.call(11, b"/x\x001", tx_id=tx_id) == (11, b"OK\0")
     assert conn.call(6, b"\0", tx_id=tx_id) == (16, b"EBUSY\0")
     assert conn.call(2, b"/x\0", tx_id=tx_id + 1000) == (16, b"ENOENT\0")
     assert conn.call(7, b"X\0", tx_id=tx_id) == (16, b"EINVAL\0")
     assert conn.call(7, b"T\0", tx_id=tx_id) == (7, b"OK\0")
     assert conn.call(7, b"T\0", tx_id=tx_id) == (16, b"ENOENT\0")  # it is over
     assert standin.nodes()["/x"] == "1"
+
+
+def test_wire_transaction_commits_the_parents_its_write_created(
+    standin: XenstoredStandin, raw: Callable[[], Raw]
+) -> None:
+    conn = raw()
+    tx_id = int(conn.call(6, b"\0")[1][:-1])
+    assert conn.call(11, b"/a/b/c\x00v", tx_id=tx_id) == (11, b"OK\0")
+    assert conn.call(7, b"T\0", tx_id=tx_id) == (7, b"OK\0")
+    nodes = standin.nodes()
+    assert (nodes["/a"], nodes["/a/b"], nodes["/a/b/c"]) == ("", "", "v")
+    assert conn.call(1, b"/a\0") == (1, b"b\0")  # a directory walk finds them
 
 
 def test_wire_watch_acks_then_fires_and_rejects_duplicates(raw: Callable[[], Raw]) -> None:
@@ -466,7 +478,7 @@ def test_wire_watch_acks_then_fires_and_rejects_duplicates(raw: Callable[[], Raw
     assert conn.call(4, b"/w\0tok\0") == (16, b"EEXIST\0")
     assert conn.call(4, b"rel\0t2\0") == (4, b"OK\0")
     assert conn.frame()[3] == b"rel\0t2\0"  # relative watches get relative paths
-    assert conn.call(11, b"rel/x\01") == (11, b"OK\0")
+    assert conn.call(11, b"rel/x\x001") == (11, b"OK\0")
     assert conn.events == [b"rel/x\0t2\0"]  # its own change: the event came before the ack
     assert conn.call(5, b"/w\0nope\0") == (16, b"ENOENT\0")
     assert conn.call(21, b"") == (21, b"OK\0")  # RESET_WATCHES

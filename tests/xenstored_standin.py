@@ -116,6 +116,7 @@ class Tree:
             self.written.add(existing)  # its children change
             for new in reversed(missing):
                 self.nodes[new] = Node(b"", self.nodes[existing].perms, 0)
+                self.written.add(new)  # so a transaction's commit creates the parents too
         self.nodes[path] = self.nodes[path]._replace(value=value)
         self.written.add(path)
         self.events.append((path, False))
