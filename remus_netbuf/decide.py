@@ -7,7 +7,7 @@ snapshots the side-effect modules took, so each rule is unit-tested on its own.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 NETBUF_ROOT = "/libxl"
@@ -50,35 +50,51 @@ def live_claims(claims: Iterable[Claim], live_domids: Collection[int]) -> list[C
     return [claim for claim in claims if claim.domid in live_domids]
 
 
+IFB_NAME = re.compile(r"ifb[0-9]+")  # as the ifb module, Xen's scripts and we name them
+
+
 @dataclass(frozen=True)
 class Choice:
-    """The outcome of picking: an IFB name, or None with the reason listing every IFB's owner."""
+    """The outcome of picking: the IFB, or None with the reason listing every IFB's owner."""
 
     ifb: str | None
     reason: str
+    up: bool = False  # whether the chosen IFB was already up (then rollback leaves it up)
 
 
 def pick_ifb(
-    ifbs: Iterable[Ifb], claims: Iterable[Claim], live_domids: Collection[int], own_path: str
+    names: Iterable[str],
+    claims: Iterable[Claim],
+    live_domids: Collection[int],
+    own_path: str,
+    probe: Callable[[str], Ifb | None],
 ) -> Choice:
     """Pick the first free IFB in natural order.
 
-    Free means: its root qdisc is not ``plug`` and no live domain's netbuf claims it. A claim at
-    ``own_path`` is our own (left by an earlier run for this same netbuf) and is about to be
-    overwritten, so it does not make an IFB busy.
+    Candidates are the links named ``ifbN``; an IFB of another name is someone else's (an
+    admin's ingress shaping, say) and is never taken. Free means: no live domain's netbuf
+    claims it and, as ``probe`` finds it in the kernel, it is an IFB whose root qdisc is not
+    ``plug``. A claim at ``own_path`` is our own (left by an earlier run for this same netbuf)
+    and is about to be overwritten, so it does not make an IFB busy. Only unclaimed candidates
+    are probed, up to the first free one: picking costs one probe in the usual case, however
+    many netbufs the host has.
     """
     owners: dict[str, list[str]] = {}
     for claim in live_claims(claims, live_domids):
         if claim.path != own_path:
             owners.setdefault(claim.ifb, []).append(f"domain {claim.domid} vif {claim.devid}")
     busy = []
-    for ifb in sorted(ifbs, key=lambda i: natural_key(i.name)):
-        if ifb.name in owners:
-            busy.append(f"{ifb.name} (claimed by {', '.join(owners[ifb.name])})")
-        elif ifb.root_qdisc == "plug":
-            busy.append(f"{ifb.name} (has a plug, unclaimed)")
+    for name in sorted((n for n in names if IFB_NAME.fullmatch(n)), key=natural_key):
+        if name in owners:
+            busy.append(f"{name} (claimed by {', '.join(owners[name])})")
+            continue
+        ifb = probe(name)
+        if ifb is None:
+            continue  # not an IFB, or gone meanwhile
+        if ifb.root_qdisc == "plug":
+            busy.append(f"{name} (has a plug, unclaimed)")
         else:
-            return Choice(ifb.name, f"{ifb.name} is free")
+            return Choice(name, f"{name} is free", ifb.up)
     if not busy:
         return Choice(None, "there are no IFB devices")
     return Choice(None, "all busy: " + "; ".join(busy))

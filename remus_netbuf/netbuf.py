@@ -85,10 +85,10 @@ def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
         with run.at("open netlink"), Netlink() as nl:
             try:
                 with run.at("take pickifb lock"), pickifb_lock(config.lock_dir):
-                    _claim_ifb(run, config, xs, nl)
+                    was_up = _claim_ifb(run, config, xs, nl)
                 ifb = run.ifb
                 assert ifb is not None
-                _install(run, config, xs, nl, ifb)
+                _install(run, config, xs, nl, ifb, was_up)
             except BaseException as err:
                 failed = run.rollback()  # while netlink and xenstore are still open
                 if isinstance(err, StepFailed) and failed:
@@ -100,11 +100,10 @@ def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
     return ifb
 
 
-def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str) -> None:
+def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str, was_up: bool) -> None:
     """Plug the claimed IFB, redirect the vif into it, publish: each step with its undo."""
     vif = run.request.vif
     with run.at("bring IFB up"):
-        was_up = any(i.up for i in nl.ifbs() if i.name == ifb)
         nl.set_up(ifb, True)
         if not was_up:
             run.undo.append((f"bring {ifb} down", lambda: nl.set_up(ifb, False)))
@@ -122,27 +121,28 @@ def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str) -> N
         xs.write(f"{run.request.xenbus_path}/hotplug-status", "connected")
 
 
-def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> None:
-    """Pick a free IFB (creating one if allowed) and claim it; called under the lock."""
+def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
+    """Pick a free IFB (creating one if allowed) and claim it; called under the lock.
+
+    Returns whether the IFB was up already (a new one is down)."""
     path = run.request.xenbus_path
     with run.at("pick IFB"):
-        ifbs = nl.ifbs()
-        link_names = {link.name for link in nl.links()}
+        names = nl.link_names()
 
-        def choose_and_claim(tx: Xenstore) -> tuple[str, bool]:
+        def choose_and_claim(tx: Xenstore) -> tuple[str, bool, bool]:
             claims = tx.claims()
             live = tx.live_domids()
-            choice = pick_ifb(ifbs, claims, live, path)
+            choice = pick_ifb(names, claims, live, path, nl.ifb)
             name, create = choice.ifb, False
             if name is None:
                 if not config.ifb_autocreate:
                     raise NoFreeIfb(detail=f"{choice.reason}; ifb_autocreate is off")
-                taken = link_names | {c.ifb for c in live_claims(claims, live)}
+                taken = names | {c.ifb for c in live_claims(claims, live)}
                 name, create = next_ifb_name(taken), True
             tx.write(f"{path}/ifb", name)
-            return name, create
+            return name, create, choice.up
 
-        name, create = xs.transaction(choose_and_claim)
+        name, create, was_up = xs.transaction(choose_and_claim)
         run.ifb = name
         run.undo.append((f"remove claim {path}/ifb", lambda: xs.remove(f"{path}/ifb")))
         log.info("%s: claimed %s (%s/ifb)", run.request.vif, name, path)
@@ -150,6 +150,7 @@ def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> None:
         with run.at("create IFB"):
             nl.create_ifb(name)
             run.undo.append((f"delete {name}", lambda: nl.delete_link(name)))
+    return was_up
 
 
 def teardown(request: Request, config: Config, environ: Mapping[str, str]) -> None:
@@ -193,7 +194,7 @@ def _teardown_steps(
     if needs_kernel:
         with run.at("open netlink"), Netlink() as nl:
             _attempt(run, "remove ingress qdisc", lambda: nl.remove_ingress(vif), problems)
-            if free_ifb is not None and nl.link(free_ifb) is not None:
+            if free_ifb is not None and link_exists(free_ifb):
                 _attempt(run, "remove plug qdisc", lambda: nl.remove_plug(free_ifb), problems)
                 _attempt(run, "bring IFB down", lambda: nl.set_up(free_ifb, False), problems)
     if remove_claim:

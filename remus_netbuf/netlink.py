@@ -10,18 +10,30 @@ pyroute2 pitfalls this module steps around: the plug's ``action`` must be a full
 (``'TCQ_PLUG_BUFFER'`` ...) since an integer silently becomes BUFFER; a plug added without ``limit``
 gets limit 0 and drops every packet; ``tc('dump-filter')`` is broken in the sync API (we use
 ``get-filter``); ``IPRoute(netns=...)`` creates the namespace unless ``flags=0``; deleting a missing
-ingress qdisc fails with EINVAL, so we look before we delete.
+ingress qdisc fails with EINVAL, so we look before we delete; the kernel answers a qdisc ``get``
+only to a request with NLM_F_ECHO (the session sets ``nlm_echo``).
+
+The hot paths never decode every link: setup and teardown name devices through libc's
+``if_nameindex`` and ask the kernel about single devices, so their cost does not grow with the
+number of guests. The epoch path (:meth:`Netlink.plug_index`) sends a prebuilt 60-byte
+``RTM_NEWQDISC`` straight down the session's netlink socket and reads the ack back: one
+write and one read per action, as libxl does in C, where pyroute2's request machinery costs
+tens of times more.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
+import os
+import select
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from .decide import Ifb
 from .errors import KernelError, KernelLacks
@@ -34,13 +46,18 @@ ETH_P = {"all": 0x0003, "ip": 0x0800}
 PROTOCOL_SETS = {"all": ("all",), "ip": ("ip",)}
 FILTER_PREF = 10  # the preference Xen's shell script uses
 MIRRED_EGRESS_REDIRECT = 1
-# tc's words for the plug actions -> the names pyroute2 wants (never integers: see above)
-PLUG_ACTIONS = {
-    "buffer": "TCQ_PLUG_BUFFER",
-    "release_one": "TCQ_PLUG_RELEASE_ONE",
-    "release_indefinite": "TCQ_PLUG_RELEASE_INDEFINITE",
-    "limit": "TCQ_PLUG_LIMIT",
-}
+TC_H_INGRESS = 0xFFFFFFF1  # where a device's ingress qdisc sits
+# tc's words for the plug actions -> TCQ_PLUG_* of linux/pkt_sched.h
+PLUG_ACTIONS = {"buffer": 0, "release_one": 1, "release_indefinite": 2, "limit": 3}
+ANSWER_TIMEOUT = 5.0  # seconds to wait for the kernel's ack of a plug action
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_TCMSG = struct.Struct("=BBHiIII")  # family, pad, pad, ifindex, handle, parent, info
+_NLA = struct.Struct("=HH")  # len, type
+_PLUG_QOPT = struct.Struct("=iI")  # struct tc_plug_qopt: int action; __u32 limit
+_ERRNO = struct.Struct("=i")
+RTM_NEWQDISC, NLMSG_ERROR = 36, 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x1, 0x4, 0x100, 0x200
+TCA_KIND, TCA_OPTIONS, NLMSGERR_ATTR_MSG = 1, 2, 1
 _LACKS_QDISC = {
     "plug": ("sch_plug", "CONFIG_NET_SCH_PLUG"),
     "ingress": ("sch_ingress", "CONFIG_NET_SCH_INGRESS"),
@@ -99,14 +116,13 @@ class Netlink:
         self.netns = netns
         self._tc = f"tc -n {netns}" if netns else "tc"
         self._ip = f"ip -n {netns}" if netns else "ip"
+        where = {} if netns is None else {"netns": netns, "flags": 0}
         try:
-            if netns is None:
-                self._ipr = IPRoute(groups=0, ext_ack=True)
-            else:
-                self._ipr = IPRoute(netns=netns, flags=0, groups=0, ext_ack=True)
+            self._ipr = IPRoute(groups=0, ext_ack=True, nlm_echo=True, **where)
         except OSError as err:
-            where = f"namespace {netns}" if netns else "the current namespace"
-            raise KernelError(detail=f"cannot open netlink in {where}: {err}") from None
+            place = f"namespace {netns}" if netns else "the current namespace"
+            raise KernelError(detail=f"cannot open netlink in {place}: {err}") from None
+        self._seq = itertools.count(0x52454D00)  # our plug requests' numbers ("REM\0" on)
 
     def __enter__(self) -> Netlink:
         return self
@@ -134,22 +150,33 @@ class Netlink:
         with self._request("list links"):
             return [_link(msg) for msg in self._ipr.get_links()]
 
-    def ifbs(self) -> list[Ifb]:
-        """Every IFB with its root qdisc kind: two dumps, however many IFBs there are."""
-        ifbs = [link for link in self.links() if link.kind == "ifb"]
-        roots = self._root_qdiscs()
-        return [Ifb(link.name, roots.get(link.index), link.up) for link in ifbs]
+    def link_names(self) -> set[str]:
+        """The name of every link, without decoding every link: libc's ``if_nameindex`` in our
+        own namespace (the product's case), a link dump in another (tests)."""
+        if self.netns is None:
+            with self._request("list link names"):
+                return {name for _, name in socket.if_nameindex()}
+        return {link.name for link in self.links()}
+
+    def ifb(self, name: str) -> Ifb | None:
+        """``name`` as an IFB with its root qdisc, or None if it is no IFB (or gone): two
+        one-device requests, however many links the host has."""
+        link = self.link(name)
+        if link is None or link.kind != "ifb":
+            return None
+        root = self._qdisc(link.index, TC_H_ROOT, name)
+        return Ifb(name, None if root is None else root.get_attr("TCA_KIND"), link.up)
 
     def root_qdisc(self, name: str) -> str | None:
-        """Kind of the root qdisc on ``name`` (None if the device is gone)."""
-        link = self.link(name)
-        return None if link is None else self._root_qdiscs(link.index).get(link.index)
+        """Kind of the root qdisc on ``name``; None if the device is gone or has the kernel's
+        built-in default (noop, noqueue)."""
+        index = self._index(name, missing_ok=True)
+        root = None if index is None else self._qdisc(index, TC_H_ROOT, name)
+        return None if root is None else str(root.get_attr("TCA_KIND"))
 
     def has_ingress(self, name: str) -> bool:
-        index = self._index(name)
-        with self._request(f"list qdiscs of {name}"):
-            qdiscs = self._ipr.get_qdiscs(index=index)
-        return any(q.get_attr("TCA_KIND") == "ingress" for q in qdiscs)
+        ingress = self._qdisc(self._index(name), TC_H_INGRESS, name)
+        return ingress is not None and ingress.get_attr("TCA_KIND") == "ingress"
 
     def redirects(self, vif: str) -> list[Redirect]:
         """The mirred egress redirects on ``vif``'s ingress, with the device they point at."""
@@ -198,13 +225,8 @@ class Netlink:
 
     def stats(self, name: str) -> QdiscStats | None:
         """Counters of the root qdisc on ``name`` (None if only the default is there)."""
-        index = self._index(name)
-        with self._request(f"read qdisc stats of {name}"):
-            qdiscs = self._ipr.get_qdiscs(index=index)
-        for q in qdiscs:
-            if q["parent"] == TC_H_ROOT and q["handle"] != 0:
-                return _stats(q)
-        return None
+        root = self._qdisc(self._index(name), TC_H_ROOT, name)
+        return None if root is None or root["handle"] == 0 else _stats(root)
 
     # --- changes ----------------------------------------------------------------------------
 
@@ -246,11 +268,21 @@ class Netlink:
         self.plug_index(self._index(ifb), ifb, action, limit)
 
     def plug_index(self, index: int, ifb: str, action: str, limit: int = 0) -> None:
-        """:meth:`plug` for a device whose index is known: one netlink round trip per epoch."""
+        """:meth:`plug` for a device whose index is known: one write and one read per action.
+
+        The request is what ``tc qdisc change dev IFB root plug ACTION`` sends (and libxl,
+        through libnl): RTM_NEWQDISC for the root, kind ``plug``, a ``tc_plug_qopt``. It goes
+        down the session's own socket (so it works in the session's namespace) and the ack is
+        read back before anything else uses the socket.
+        """
         words = f"limit {limit}" if action == "limit" else action
         self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
-        with self._request(f"plug {words} on {ifb}", lacks=_LACKS_QDISC["plug"]):
-            self._ipr.tc("change", "plug", index, action=PLUG_ACTIONS[action], limit=limit)
+        seq = next(self._seq)
+        message = plug_request(seq, index, PLUG_ACTIONS[action], limit)
+        with self._request(f"plug {words} on {ifb}"):
+            fd = self._ipr.fileno()
+            os.write(fd, message)
+            self._await_ack(fd, seq)
 
     def add_ingress(self, vif: str) -> None:
         self._say(vif, f"{self._tc} qdisc add dev {vif} ingress")
@@ -259,7 +291,7 @@ class Netlink:
 
     def remove_ingress(self, vif: str) -> bool:
         """Delete ``vif``'s ingress qdisc and so its filters; False if vif or qdisc is gone."""
-        if self.link(vif) is None or not self.has_ingress(vif):
+        if self._index(vif, missing_ok=True) is None or not self.has_ingress(vif):
             return False
         self._say(vif, f"{self._tc} qdisc del dev {vif} ingress")
         with self._request(f"remove ingress qdisc from {vif}"):
@@ -297,16 +329,52 @@ class Netlink:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _index(self, name: str) -> int:
-        link = self.link(name)
+    @overload
+    def _index(self, name: str, missing_ok: Literal[False] = False) -> int: ...
+    @overload
+    def _index(self, name: str, missing_ok: Literal[True]) -> int | None: ...
+
+    def _index(self, name: str, missing_ok: bool = False) -> int | None:
+        """The device's index: an ioctl in our own namespace, a link request in another."""
+        if self.netns is None:
+            try:
+                return socket.if_nametoindex(name)
+            except OSError:
+                link = None
+        else:
+            link = self.link(name)
         if link is None:
+            if missing_ok:
+                return None
             raise KernelError(detail=f"device {name} not found", code=errno.ENODEV)
         return link.index
 
-    def _root_qdiscs(self, index: int | None = None) -> dict[int, str]:
-        with self._request("list qdiscs"):
-            qdiscs = self._ipr.get_qdiscs() if index is None else self._ipr.get_qdiscs(index=index)
-        return {q["index"]: q.get_attr("TCA_KIND") for q in qdiscs if q["parent"] == TC_H_ROOT}
+    def _qdisc(self, index: int, parent: int, name: str) -> Any | None:
+        """The qdisc at ``parent`` (root or ingress) of device ``index``, as the kernel answers a
+        one-device request; None when there is none, or only the built-in default."""
+        try:
+            with self._request(f"look up the qdiscs of {name}"):
+                answer = self._ipr.tc("get", index=index, parent=parent)
+        except KernelError as err:
+            if err.fields.get("code") in (errno.ENOENT, errno.EINVAL):
+                return None
+            raise
+        return next((m for m in answer if m["header"]["type"] == RTM_NEWQDISC), None)
+
+    def _await_ack(self, fd: int, seq: int) -> None:
+        """Read until the kernel's answer to request ``seq``; raise NetlinkError if it is one."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            if not poller.poll(ANSWER_TIMEOUT * 1000):
+                raise OSError(errno.ETIMEDOUT, f"no answer in {ANSWER_TIMEOUT:g} s")
+            code, text = ack_of(os.read(fd, 65536), seq)
+            if code is not None:
+                if code:
+                    raise NetlinkError(code, text or os.strerror(code))
+                return
 
     def _say(self, dev: str, command: str, level: int = logging.INFO) -> None:
         log.log(level, "%s: %s", dev, command)
@@ -330,6 +398,56 @@ class Netlink:
             raise KernelError(detail=f"{what}: {text}", code=err.code) from None
         except OSError as err:
             raise KernelError(detail=f"{what}: {err.strerror or err}", code=err.errno) from None
+
+
+def plug_request(seq: int, index: int, action: int, limit: int) -> bytes:
+    """RTM_NEWQDISC changing the root plug of device ``index``: what ``tc`` and libnl send."""
+    body = _TCMSG.pack(socket.AF_UNSPEC, 0, 0, index, 0, TC_H_ROOT, 0)
+    body += _nla(TCA_KIND, b"plug\0") + _nla(TCA_OPTIONS, _PLUG_QOPT.pack(action, limit))
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWQDISC, flags, seq, 0) + body
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    length = _NLA.size + len(payload)
+    return _NLA.pack(length, kind) + payload + b"\0" * (-length % 4)
+
+
+def ack_of(data: bytes, seq: int) -> tuple[int | None, str]:
+    """(errno, extended-ack text) of the NLMSG_ERROR answering ``seq`` in ``data`` (0: success),
+    or (None, "") when ``data`` holds no answer to it."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, flags, got, _ = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            break
+        if kind == NLMSG_ERROR and got == seq:
+            message = data[offset : offset + length]
+            code = -_ERRNO.unpack_from(message, _NLMSGHDR.size)[0]
+            return code, _ack_text(message, flags) if code else ""
+        offset += (length + 3) & ~3
+    return None, ""
+
+
+def _ack_text(message: bytes, flags: int) -> str:
+    """NLMSGERR_ATTR_MSG of an extended ack: the kernel's own words for what went wrong."""
+    if not flags & NLM_F_ACK_TLVS:
+        return ""
+    start = _NLMSGHDR.size + _ERRNO.size  # then the request's header, or all of the request
+    echoed = _NLMSGHDR.size if flags & NLM_F_CAPPED else _NLMSGHDR.unpack_from(message, start)[0]
+    offset = start + ((echoed + 3) & ~3)
+    while offset + _NLA.size <= len(message):
+        length, kind = _NLA.unpack_from(message, offset)
+        if length < _NLA.size:
+            break
+        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
+            return (
+                message[offset + _NLA.size : offset + length]
+                .split(b"\0")[0]
+                .decode("ascii", "replace")
+            )
+        offset += (length + 3) & ~3
+    return ""
 
 
 def _missing(lacks: tuple[str, str], text: str) -> tuple[str, str]:

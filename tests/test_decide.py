@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remus_netbuf.decide import (
+    Choice,
     Claim,
     Ifb,
     live_claims,
@@ -18,6 +19,20 @@ from remus_netbuf.decide import (
 )
 
 OWN = "/libxl/5/remus/netbuf/0"
+
+
+def pick(
+    ifbs: list[Ifb], claims: list[Claim], live: set[int], own: str, probed: list[str] | None = None
+) -> Choice:
+    """pick_ifb over a snapshot of the kernel: the names, and the IFBs the probe finds."""
+    known = {i.name: i for i in ifbs}
+
+    def probe(name: str) -> Ifb | None:
+        if probed is not None:
+            probed.append(name)
+        return known.get(name)
+
+    return pick_ifb(list(known), claims, live, own, probe)
 
 
 def test_claim_path_is_the_netbuf_node() -> None:
@@ -42,7 +57,7 @@ def test_natural_key_splits_text_and_numbers() -> None:
 def test_natural_key_tolerates_any_link_name() -> None:
     odd = "ifb1\u00b2"  # the kernel allows any name without '/', ':' or white space
     assert natural_key(odd)[:2] == ("ifb", 1)
-    assert pick_ifb([Ifb(odd, None), Ifb("ifb0", None)], [], set(), OWN).ifb == "ifb0"
+    assert pick([Ifb(odd, None), Ifb("ifb0", None)], [], set(), OWN).ifb == "ifb0"
 
 
 # live_claims
@@ -60,49 +75,49 @@ def test_live_claims_drops_dead_domains() -> None:
 
 def test_pick_ifb_takes_the_first_free_in_natural_order() -> None:
     ifbs = [Ifb("ifb10", None), Ifb("ifb2", None), Ifb("ifb3", None)]
-    choice = pick_ifb(ifbs, [], {1}, OWN)
+    choice = pick(ifbs, [], {1}, OWN)
     assert choice.ifb == "ifb2"
     assert "ifb2" in choice.reason
 
 
 def test_pick_ifb_plug_on_unclaimed_ifb_is_busy() -> None:
     ifbs = [Ifb("ifb0", "plug"), Ifb("ifb1", "noqueue")]
-    assert pick_ifb(ifbs, [], {5}, OWN).ifb == "ifb1"
+    assert pick(ifbs, [], {5}, OWN).ifb == "ifb1"
 
 
 @pytest.mark.parametrize("root_qdisc", [None, "noqueue", "pfifo_fast", "fq_codel"])
 def test_pick_ifb_other_root_qdiscs_are_free(root_qdisc: str | None) -> None:
-    assert pick_ifb([Ifb("ifb0", root_qdisc)], [], {5}, OWN).ifb == "ifb0"
+    assert pick([Ifb("ifb0", root_qdisc)], [], {5}, OWN).ifb == "ifb0"
 
 
 def test_pick_ifb_live_domains_claim_is_busy() -> None:
     ifbs = [Ifb("ifb0", None), Ifb("ifb1", None)]
-    assert pick_ifb(ifbs, [Claim(3, 0, "ifb0")], {3, 5}, OWN).ifb == "ifb1"
+    assert pick(ifbs, [Claim(3, 0, "ifb0")], {3, 5}, OWN).ifb == "ifb1"
 
 
 def test_pick_ifb_dead_domains_claim_is_ignored() -> None:
     ifbs = [Ifb("ifb0", None), Ifb("ifb1", None)]
-    assert pick_ifb(ifbs, [Claim(3, 0, "ifb0")], {5}, OWN).ifb == "ifb0"
+    assert pick(ifbs, [Claim(3, 0, "ifb0")], {5}, OWN).ifb == "ifb0"
 
 
 def test_pick_ifb_claim_at_own_path_is_ignored() -> None:
     ifbs = [Ifb("ifb0", None), Ifb("ifb1", None)]
-    assert pick_ifb(ifbs, [Claim(5, 0, "ifb0")], {5}, OWN).ifb == "ifb0"
+    assert pick(ifbs, [Claim(5, 0, "ifb0")], {5}, OWN).ifb == "ifb0"
 
 
 def test_pick_ifb_claim_by_same_domain_other_vif_is_busy() -> None:
     ifbs = [Ifb("ifb0", None), Ifb("ifb1", None)]
-    assert pick_ifb(ifbs, [Claim(5, 1, "ifb0")], {5}, OWN).ifb == "ifb1"
+    assert pick(ifbs, [Claim(5, 1, "ifb0")], {5}, OWN).ifb == "ifb1"
 
 
 def test_pick_ifb_claim_on_missing_ifb_does_not_matter() -> None:
-    assert pick_ifb([Ifb("ifb0", None)], [Claim(3, 0, "ifb7")], {3}, OWN).ifb == "ifb0"
+    assert pick([Ifb("ifb0", None)], [Claim(3, 0, "ifb7")], {3}, OWN).ifb == "ifb0"
 
 
 def test_pick_ifb_all_busy_reason_lists_every_ifb_and_owner() -> None:
     ifbs = [Ifb("ifb10", None), Ifb("ifb2", "plug"), Ifb("ifb0", "plug")]
     claims = [Claim(3, 0, "ifb10"), Claim(4, 1, "ifb10"), Claim(6, 0, "ifb0"), Claim(9, 0, "ifb2")]
-    choice = pick_ifb(ifbs, claims, {3, 4, 6}, OWN)
+    choice = pick(ifbs, claims, {3, 4, 6}, OWN)
     assert choice.ifb is None
     assert choice.reason == (
         "all busy: ifb0 (claimed by domain 6 vif 0); "
@@ -112,9 +127,32 @@ def test_pick_ifb_all_busy_reason_lists_every_ifb_and_owner() -> None:
 
 
 def test_pick_ifb_no_ifbs_at_all() -> None:
-    choice = pick_ifb([], [Claim(3, 0, "ifb0")], {3}, OWN)
+    choice = pick([], [Claim(3, 0, "ifb0")], {3}, OWN)
     assert choice.ifb is None
     assert choice.reason == "there are no IFB devices"
+
+
+def test_pick_ifb_probes_only_unclaimed_candidates_up_to_the_first_free() -> None:
+    ifbs = [Ifb(f"ifb{n}", None) for n in range(64)]
+    claims = [Claim(d, 0, f"ifb{d - 2}") for d in range(2, 65)]  # ifb0..ifb62 claimed
+    probed: list[str] = []
+    own = netbuf_path(1, 0)
+    assert pick(ifbs, claims, set(range(1, 65)), own, probed).ifb == "ifb63"
+    assert probed == ["ifb63"]  # the claimed ones cost nothing
+
+
+def test_pick_ifb_takes_only_ifbN_names_and_skips_what_is_no_ifb() -> None:
+    names = ["shaper0", "ifb0", "ifbx", "ifb1", "eth0"]
+    kernel = {"shaper0": Ifb("shaper0", None), "ifb1": Ifb("ifb1", None, up=True)}
+    probed: list[str] = []
+
+    def probe(name: str) -> Ifb | None:
+        probed.append(name)
+        return kernel.get(name)  # ifb0 is, say, a dummy: the probe finds no IFB
+
+    choice = pick_ifb(names, [], set(), OWN, probe)
+    assert (choice.ifb, choice.up) == ("ifb1", True)
+    assert probed == ["ifb0", "ifb1"]  # an admin's shaper0 IFB is never a candidate
 
 
 IFB_NAMES = st.integers(0, 20).map(lambda n: f"ifb{n}")
@@ -141,7 +179,7 @@ def test_pick_ifb_property(world: tuple[list[Ifb], list[Claim], set[int], str]) 
     free = sorted(
         (i.name for i in ifbs if i.root_qdisc != "plug" and i.name not in taken), key=natural_key
     )
-    choice = pick_ifb(ifbs, claims, live, own)
+    choice = pick(ifbs, claims, live, own)
     if free:
         assert choice.ifb == free[0]
     else:

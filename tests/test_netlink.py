@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from remus_netbuf.errors import KernelError, KernelLacks
-from remus_netbuf.netlink import Netlink
+from remus_netbuf.netlink import Netlink, ack_of, plug_request
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
@@ -39,21 +41,43 @@ def tc_json(ns: str, *args: str) -> list[dict[str, object]]:
     return json.loads(run("tc", "-n", ns, "-j", *args) or "[]")  # type: ignore[no-any-return]
 
 
-def test_ifbs_lists_only_ifbs_with_root_qdisc(ns: str, nl: Netlink) -> None:
+def test_ifb_probe_and_link_names(ns: str, nl: Netlink) -> None:
     nl.create_ifb("ifb0")
     nl.create_ifb("ifb10")
     nl.set_up("ifb0", True)
-    ifbs = {i.name: i for i in nl.ifbs()}
-    assert set(ifbs) == {"ifb0", "ifb10"}  # the veths are not IFBs
-    assert ifbs["ifb0"].up and not ifbs["ifb10"].up
+    assert nl.link_names() == {"lo", "vif3.1", "guest", "ifb0", "ifb10"}
+    up, down = nl.ifb("ifb0"), nl.ifb("ifb10")
+    assert up is not None and down is not None
+    assert up.up and not down.up
     shown = {q["kind"] for q in tc_json(ns, "qdisc", "show", "dev", "ifb0") if q.get("root")}
-    assert ifbs["ifb0"].root_qdisc in shown
+    assert up.root_qdisc in shown
+    assert down.root_qdisc is None  # a down IFB has only the built-in noop
+    assert nl.ifb("vif3.1") is None  # a veth is no IFB
+    assert nl.ifb("nope0") is None
     assert (
         json.loads(run("ip", "-n", ns, "-j", "-d", "link", "show", "ifb10"))[0]["linkinfo"][
             "info_kind"
         ]
         == "ifb"
     )
+
+
+def test_plug_action_on_a_root_that_is_no_plug_names_what_the_kernel_said(
+    ns: str, nl: Netlink
+) -> None:
+    """The raw epoch request reaches the kernel's qdisc lookup and its extended ack comes back
+    as words: on the default root, 'not found'; on another kind, 'invalid qdisc name' (or,
+    on a kernel without sch_plug, 'qdisc kind is unknown')."""
+    nl.create_ifb("ifb0")
+    nl.set_up("ifb0", True)
+    with pytest.raises(KernelError, match=r"plug buffer on ifb0: .*(not found|NLM_F_CREATE)"):
+        nl.plug("ifb0", "buffer")
+    run("tc", "-n", ns, "qdisc", "add", "dev", "ifb0", "root", "pfifo", "limit", "10")
+    with pytest.raises(KernelError, match=r"plug release_one on ifb0: .*qdisc (name|kind)") as err:
+        nl.plug("ifb0", "release_one")
+    assert err.value.fields["code"] in (errno.EINVAL, errno.ENOENT)  # the kernel's errno, kept
+    assert nl.root_qdisc("ifb0") == "pfifo"  # untouched
+    nl.link("lo")  # the session goes on working after the raw requests
 
 
 def test_redirect_installed_and_removed(ns: str, nl: Netlink) -> None:
@@ -137,3 +161,23 @@ def test_unknown_namespace_is_not_created(nl: Netlink) -> None:
     with pytest.raises(KernelError, match=ghost):
         Netlink(ghost)
     assert ghost not in run("ip", "netns", "list")
+
+
+def test_ack_of_reads_success_errors_and_the_kernels_words() -> None:
+    request = plug_request(7, 3, 1, 0)
+    assert len(request) == 60  # nlmsghdr 16, tcmsg 20, kind "plug" 12, tc_plug_qopt 12
+    header = struct.Struct("=IHHII")
+
+    def error(seq: int, code: int, flags: int = 0, tlvs: bytes = b"") -> bytes:
+        echoed = request[:16] if flags & 0x100 else request
+        body = struct.pack("=i", code) + echoed + tlvs
+        return header.pack(16 + len(body), 2, flags, seq, 0) + body
+
+    words = b"Specified qdisc not found\0"
+    tlv = struct.pack("=HH", 4 + len(words), 1) + words + b"\0" * (-len(words) % 4)
+    assert ack_of(error(7, 0), 7) == (0, "")
+    assert ack_of(error(8, 0), 7) == (None, "")  # another request's answer
+    assert ack_of(error(6, 0) + error(7, -errno.ENOENT), 7) == (errno.ENOENT, "")
+    assert ack_of(error(7, -errno.ENOENT, 0x300, tlv), 7) == (errno.ENOENT, words[:-1].decode())
+    assert ack_of(error(7, -errno.EINVAL, 0x200, tlv), 7) == (errno.EINVAL, words[:-1].decode())
+    assert ack_of(b"", 7) == (None, "")
