@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -158,21 +158,29 @@ def teardown(request: Request, config: Config, environ: Mapping[str, str]) -> No
     run = Run(request, ifb=request.remus_ifb, kill_at=environ.get(KILL_AT_ENV))
     path = request.xenbus_path
     problems: list[tuple[str, str]] = []
-    with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
+    with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs, ExitStack() as stack:
         with run.at("read claim"):
             own = xs.read(f"{path}/ifb")
         run.ifb = request.remus_ifb or own
         plan = plan_teardown(request.remus_ifb, own, ())
+        nl = None
+        if link_exists(request.vif) or (plan.free_ifb is not None and link_exists(plan.free_ifb)):
+            with run.at("open netlink"):
+                nl = stack.enter_context(Netlink())
+        if nl is not None:  # the vif is this netbuf's alone: no lock needed to stop its redirect
+            _attempt(run, "remove ingress qdisc", partial(nl.remove_ingress, request.vif), problems)
         if plan.remove_claim:
+            # Freeing the IFB and dropping the claim happen together under the lock, so that
+            # no setup sees the IFB free while it is still plugged, or claimed while it is free.
             with run.at("take pickifb lock"), pickifb_lock(config.lock_dir):
                 with run.at("read claims"):
                     others = {
                         c.ifb for c in live_claims(xs.claims(), xs.live_domids()) if c.path != path
                     }
                 plan = plan_teardown(request.remus_ifb, own, others)
-                _teardown_steps(run, xs, plan.free_ifb, plan.remove_claim, problems)
-        else:
-            _teardown_steps(run, xs, None, False, problems)
+                if nl is not None and plan.free_ifb is not None and link_exists(plan.free_ifb):
+                    _free_ifb(run, nl, plan.free_ifb, problems)
+                _attempt(run, "remove claim", partial(xs.remove, f"{path}/ifb"), problems)
         log.info("%s: teardown: %s", request.vif, plan.why)
         for node in ("hotplug-status", "hotplug-error"):
             _attempt(run, f"remove {node}", partial(xs.remove, f"{path}/{node}"), problems)
@@ -182,23 +190,9 @@ def teardown(request: Request, config: Config, environ: Mapping[str, str]) -> No
         raise run.failure(detail + more)
 
 
-def _teardown_steps(
-    run: Run,
-    xs: Xenstore,
-    free_ifb: str | None,
-    remove_claim: bool,
-    problems: list[tuple[str, str]],
-) -> None:
-    vif, path = run.request.vif, run.request.xenbus_path
-    needs_kernel = link_exists(vif) or (free_ifb is not None and link_exists(free_ifb))
-    if needs_kernel:
-        with run.at("open netlink"), Netlink() as nl:
-            _attempt(run, "remove ingress qdisc", lambda: nl.remove_ingress(vif), problems)
-            if free_ifb is not None and link_exists(free_ifb):
-                _attempt(run, "remove plug qdisc", lambda: nl.remove_plug(free_ifb), problems)
-                _attempt(run, "bring IFB down", lambda: nl.set_up(free_ifb, False), problems)
-    if remove_claim:
-        _attempt(run, "remove claim", lambda: xs.remove(f"{path}/ifb"), problems)
+def _free_ifb(run: Run, nl: Netlink, ifb: str, problems: list[tuple[str, str]]) -> None:
+    _attempt(run, "remove plug qdisc", partial(nl.remove_plug, ifb), problems)
+    _attempt(run, "bring IFB down", partial(nl.set_up, ifb, False), problems)
 
 
 def _attempt(

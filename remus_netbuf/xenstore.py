@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import pyxs
-from pyxs._internal import Op, Packet
+from pyxs._internal import Op, Packet, next_rq_id
+from pyxs.helpers import error as pyxs_error
 
 from .decide import NETBUF_ROOT, Claim
 from .errors import XenstoreError, one_line
@@ -120,17 +121,23 @@ class Xenstore:
         return {int(d) for d in self.children("/local/domain") if _number(d) and d != "0"}
 
     def claims(self) -> list[Claim]:
-        """Every ``/libxl/<domid>/remus/netbuf/<devid>/ifb``, in one walk."""
-        found = []
-        for domid in self.children(NETBUF_ROOT):
-            if not _number(domid):
-                continue
-            base = f"{NETBUF_ROOT}/{domid}/remus/netbuf"
-            for devid in self.children(base):
-                ifb = self.read(f"{base}/{devid}/ifb") if _number(devid) else None
-                if ifb:
-                    found.append(Claim(int(domid), int(devid), ifb))
-        return found
+        """Every ``/libxl/<domid>/remus/netbuf/<devid>/ifb``, in one walk of three round trips:
+        the domains, then all their netbuf directories at once, then all the claims at once."""
+        domids = [d for d in self.children(NETBUF_ROOT) if _number(d)]
+        bases = [f"{NETBUF_ROOT}/{d}/remus/netbuf" for d in domids]
+        listed = self._call_many("list", Op.DIRECTORY, bases)
+        netbufs = [
+            (int(domid), int(devid), f"{base}/{devid}/ifb")
+            for domid, base, names in zip(domids, bases, listed, strict=True)
+            for devid in _names(names)
+            if _number(devid)
+        ]
+        values = self._call_many("read", Op.READ, [node for _, _, node in netbufs])
+        return [
+            Claim(domid, devid, value.decode("ascii", "replace"))
+            for (domid, devid, _), value in zip(netbufs, values, strict=True)
+            if value
+        ]
 
     def transaction(self, body: Callable[[Xenstore], T]) -> T:
         """Run ``body`` in a transaction, again from the start whenever the commit hits EAGAIN."""
@@ -166,6 +173,37 @@ class Xenstore:
         def request() -> Any:
             return getattr(self._client, verb)(path.encode("ascii"), *args)
 
+        return self._again_if_lost(request, verb, path)
+
+    def _call_many(self, verb: str, op: int, paths: list[str]) -> list[bytes | None]:
+        """Requests of one kind for many paths, all sent before the first answer is awaited
+        (xenstored answers a connection's requests in order): one round trip's wait instead of
+        one per path. Each answer's payload, or None where the node does not exist."""
+
+        def request() -> list[bytes | None]:
+            tx_id = self._client.tx_id
+            waiting = [
+                self._client.router.send(
+                    Packet(op, path.encode("ascii") + b"\0", tx_id=tx_id, rq_id=next_rq_id())
+                )
+                for path in paths
+            ]
+            answers: list[bytes | None] = []
+            for rvar in waiting:
+                packet = rvar.get()
+                if packet.op == Op.ERROR:
+                    if packet.payload[:-1] == b"ENOENT":
+                        answers.append(None)
+                        continue
+                    raise pyxs_error(packet.payload[:-1])
+                answers.append(packet.payload.rstrip(b"\0"))
+            return answers
+
+        return self._again_if_lost(request, verb, paths[0] if paths else "") if paths else []
+
+    def _again_if_lost(self, request: Callable[[], T], verb: str, path: str) -> T:
+        """``request``, once more on a new connection if the old one was lost (outside a
+        transaction: inside one, transaction() starts the whole body again)."""
         try:
             return self._guard(request, verb, path)
         except _Lost:
@@ -188,6 +226,11 @@ class Xenstore:
             raise error(detail=f"{verb}{where}: {_reason(err)}") from None
         except (OSError, ValueError) as err:
             raise XenstoreError(detail=f"{verb} {path}: {_reason(err)}") from None
+
+
+def _names(payload: bytes | None) -> list[str]:
+    """The child names of a DIRECTORY answer (None: the directory does not exist)."""
+    return [n.decode("ascii", "replace") for n in payload.split(b"\0") if n] if payload else []
 
 
 def _number(name: str) -> bool:

@@ -61,6 +61,9 @@ def test_claims_in_one_walk_and_live_domains(xs: Xenstore, standin: XenstoredSta
     # 1 list of /libxl, 1 list per numeric domain (3, 7, 12), 1 read per netbuf (3/0, 3/1,
     # 12/0): no per-candidate scans.
     assert standin.requests - before == 1 + 3 + 3
+    # Three round trips: every netbuf directory is asked for before any claim is read.
+    verbs = [verb for verb, _ in standin.ops_log[-7:]]
+    assert verbs == ["DIRECTORY"] * 4 + ["READ"] * 3
     assert xs.live_domids() == {3, 12}  # dom0 excluded
 
 
