@@ -6,8 +6,9 @@ touches, so an admin can read the log and replay it. Kernel errors are translate
 :class:`KernelError` (or :class:`KernelLacks` when a module is missing); data crossing the
 boundary is small dataclasses, never netlink messages.
 
-pyroute2 pitfalls this module steps around: the plug's ``action`` must be a full name
-(``'TCQ_PLUG_BUFFER'`` ...) since an integer silently becomes BUFFER; a plug added without ``limit``
+pyroute2 pitfalls this module steps around: its plug ``action`` must be a full name
+(``'TCQ_PLUG_BUFFER'`` ...) since an integer silently becomes BUFFER (our epoch path encodes
+``tc_plug_qopt`` itself, below); a plug added without ``limit``
 gets limit 0 and drops every packet; ``tc('dump-filter')`` is broken in the sync API (we use
 ``get-filter``); ``IPRoute(netns=...)`` creates the namespace unless ``flags=0``; deleting a missing
 ingress qdisc fails with EINVAL, so we look before we delete; the kernel answers a qdisc ``get``
@@ -15,7 +16,10 @@ only to a request with NLM_F_ECHO (the session sets ``nlm_echo``).
 
 The hot paths never decode every link: setup and teardown name devices through libc's
 ``if_nameindex`` and ask the kernel about single devices, so their cost does not grow with the
-number of guests. The epoch path (:meth:`Netlink.plug_index`) sends a prebuilt 60-byte
+number of guests (the sync API's ``nlm_request``, which could send a kind-filtered link dump,
+is broken in pyroute2 0.9: it reads a status key that is never set).
+
+The epoch path (:meth:`Netlink.plug_index`) sends a prebuilt 60-byte
 ``RTM_NEWQDISC`` straight down the session's netlink socket and reads the ack back: one
 write and one read per action, as libxl does in C, where pyroute2's request machinery costs
 tens of times more.

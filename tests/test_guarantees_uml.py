@@ -29,17 +29,16 @@ from tests.forkrun import Job, KernelState, Outcome, Runner, daemon_dies_after, 
 
 pytestmark = pytest.mark.uml
 
-# What the tier affords: it boots once for all the session's UML tests within 600 s, and the
-# other UML tests take ~220 s of it on this host. Measured here (a host with CPU steal): a round
-# of 16 setups + 16 teardowns ~40 s, ~65 s with gc among them; a kill with its teardown and gc
-# ~2.2 s (~1 s on a quiet host). So 20 rounds would take ~15 min and 100 kills ~4 min: the
-# rounds are cut to what fits, and the kills before the plug are repeated >= 100 times natively
-# (test_guarantees_native.py); here every step is killed once with a free IFB, once without.
+# The numbers the issue asks for, sized to the UML tier (one CPU, every syscall 10-30x slower):
+# measured on the development host, a round of 16 setups + 16 teardowns takes ~14 s there
+# (a forked run costs ~0.45 s of UML's single CPU, 0.18 s of it the fork), so 20 rounds take
+# ~5 min. Kills here: 42, every step 4 times but "create IFB" (twice), the plug steps included; the
+# steps before the plug are killed >= 100 more times natively (test_guarantees_native.py).
 VIFS = 16
-ROUNDS = 1  # 16 setups at once, then 16 teardowns at once
+ROUNDS = 20  # 16 setups at once, then 16 teardowns at once
 GC_ROUNDS = 1  # the same with gc runs among them
-CRASH_BATCHES = 2  # one setup killed at every step: 11 kills, 10 with a free IFB for each
-MIN_KILLS = 21
+CRASH_BATCHES = 4  # one setup killed at every step: 11 kills, 10 with a free IFB for each
+MIN_KILLS = 42
 BOUND = 300.0  # seconds a run may take in UML before it counts as a hang
 UML_LOCK_TIMEOUT = 120.0
 SETUP_STEPS = [
@@ -165,16 +164,19 @@ def assert_nothing_else(bed: Bed, state: KernelState, live: dict[int, str]) -> N
 # --- concurrency ----------------------------------------------------------------------------
 
 
+@pytest.mark.uml(weight=170)  # seconds, roughly: the UML tier balances its shards by it
+@pytest.mark.parametrize("half", [1, 2])
 def test_concurrent_setups_get_distinct_plugged_ifbs_and_teardowns_leave_nothing(
-    bed: Bed, runner: Runner, guests: str
+    bed: Bed, runner: Runner, guests: str, half: int
 ) -> None:
     """Sixteen setups started at once: sixteen distinct IFBs, each hotplug-status=connected,
     up with a root plug (by the real tc), redirected from its own vif alone. Then sixteen
-    teardowns at once: zero residue."""
+    teardowns at once: zero residue. ROUNDS rounds in all, in two halves that the UML tier can
+    run side by side in two UMLs."""
     domids = range(1, VIFS + 1)
     add_vifs(bed, guests, domids)
     started = time.monotonic()
-    for round_ in range(ROUNDS):
+    for round_ in range(ROUNDS // 2):
         ok(runner.run_all([runner.hotplug("setup", vif(d), path(d)) for d in domids], BOUND))
         claims = claims_of(bed, domids)
         assert len(set(claims.values()) - {None}) == VIFS, claims
@@ -195,7 +197,8 @@ def test_concurrent_setups_get_distinct_plugged_ifbs_and_teardowns_leave_nothing
         if round_ == 0:
             for d in (domids[0], domids[-1]):
                 bed.assert_clean(vif(d), claims[d], path(d))
-    print(f"{ROUNDS} rounds of {VIFS} setups, {VIFS} teardowns: {time.monotonic() - started:.1f} s")
+    took = time.monotonic() - started
+    print(f"{ROUNDS // 2} rounds of {VIFS} setups, {VIFS} teardowns: {took:.1f} s")
 
 
 def plant_garbage(bed: Bed) -> None:
@@ -226,6 +229,7 @@ def with_gc(runner: Runner, jobs: list[Job], every: int = 8) -> list[Job]:
     return mixed
 
 
+@pytest.mark.uml(weight=25)
 def test_gc_among_concurrent_setups_and_teardowns_never_touches_a_live_netbuf(
     bed: Bed, runner: Runner, guests: str
 ) -> None:
@@ -262,6 +266,7 @@ def test_gc_among_concurrent_setups_and_teardowns_never_touches_a_live_netbuf(
 # --- crashes --------------------------------------------------------------------------------
 
 
+@pytest.mark.uml(weight=45)
 def test_setup_killed_at_every_step_then_torn_down_and_gced_leaves_nothing(
     bed: Bed, runner: Runner, guests: str
 ) -> None:

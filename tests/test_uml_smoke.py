@@ -115,7 +115,7 @@ def test_when_uml_does_not_boot_uml_tests_skip_once_booted(
     tiny: Path, fake_kernel: tuple[Path, Path]
 ) -> None:
     kernel, booted = fake_kernel
-    done = outer_pytest(tiny, REMUS_NETBUF_UML_KERNEL=str(kernel))
+    done = outer_pytest(tiny, REMUS_NETBUF_UML_KERNEL=str(kernel), REMUS_NETBUF_UML_SHARDS="1")
     assert done.returncode == 0, done.stdout
     assert "1 passed, 3 skipped" in done.stdout
     assert "UML did not boot (exit 1)" in done.stdout
@@ -140,3 +140,20 @@ def test_inner_results_come_out_as_outer_results(tiny: Path) -> None:
     assert skipped[0].startswith("SKIPPED [1] test_tiny.py:"), skipped  # the test, not the plugin
     assert skipped[0].endswith(": deliberate skip inside UML")
     assert "uml tier" in done.stdout  # the summary with boot time and overhead
+
+
+def test_shards_balance_by_weight_and_keep_collection_order() -> None:
+    from tests.umltier import shard
+
+    weights = {"a": 1.0, "heavy1": 170.0, "b": 1.0, "heavy2": 170.0, "crash": 45.0, "c": 8.0}
+    groups = shard(weights, 2)
+    assert sorted(sum(weights[n] for n in g) for g in groups) == [180.0, 215.0]
+    assert {frozenset(g) & {"heavy1", "heavy2"} for g in groups} == {
+        frozenset({"heavy1"}),
+        frozenset({"heavy2"}),
+    }
+    for group in groups:
+        assert group == [n for n in weights if n in group]  # collection order
+    assert shard(weights, 1) == [list(weights)]
+    assert shard({"only": 1.0}, 4) == [["only"]]
+    assert shard({}, 2) == []

@@ -15,9 +15,16 @@ selected with the tier (``-m uml``) but runs on the host.
 Booting is tools/umlrun.py's (shared with the demo and the benchmarks); this plugin gives it the
 inner pytest as the command and reads the results back.
 
+UML has one CPU. To use the host's others, the tier boots up to ``uml_shards`` UMLs at once,
+each with its share of the tests (balanced by ``@pytest.mark.uml(weight=N)``, N roughly the
+test's seconds, default DEFAULT_WEIGHT), and starts them as soon as collection is done, in the
+background: the host's own tests, which run first, overlap with them. A uml test then waits
+for its shard's results.
+
 If UML cannot run (no kernel binary, no boot), uml tests skip, or fail when CI=true. Settings
 (environment first, then ini option): REMUS_NETBUF_UML_KERNEL / uml_kernel, REMUS_NETBUF_UML_MEM
 / uml_mem, REMUS_NETBUF_UML_TIMEOUT / uml_timeout (seconds for boot, tests and halt together),
+REMUS_NETBUF_UML_SHARDS / uml_shards (UMLs at once; default: the host's CPUs),
 REMUS_NETBUF_UML_WORKDIR (parent of the per-session work dir, on hostfs: default /var/tmp) and
 REMUS_NETBUF_UML_KEEP=1 (keep the work dir, which is otherwise kept only when something broke).
 """
@@ -29,7 +36,9 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,7 @@ REPORT = "REMUS_NETBUF_UML_REPORT"
 # The directory from which this plugin imports by its dotted name (the repo root for tests.umltier).
 IMPORT_ROOT = Path(__file__).resolve().parents[__name__.count(".")]
 TAIL_LINES = 40
+DEFAULT_WEIGHT = 8.0  # seconds a typical uml test takes in UML here (a hotplug run, packets)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,8 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "uml_timeout",
         "seconds for the whole UML run: boot, inner tests, halt (env REMUS_NETBUF_UML_TIMEOUT)",
-        default="600",
+        default="2400",
     )
+    parser.addini("uml_shards", "UMLs booted at once (env REMUS_NETBUF_UML_SHARDS)", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,6 +93,7 @@ class Settings:
     workdir_parent: Path
     keep: bool
     ci: bool
+    shards: int
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -93,6 +105,11 @@ class Settings:
             workdir_parent=Path(env.get("REMUS_NETBUF_UML_WORKDIR") or "/var/tmp"),
             keep=env.get("REMUS_NETBUF_UML_KEEP") == "1",
             ci=env.get("CI", "").lower() == "true",
+            shards=int(
+                env.get("REMUS_NETBUF_UML_SHARDS")
+                or str(config.getini("uml_shards"))
+                or len(os.sched_getaffinity(0))
+            ),
         )
 
 
@@ -119,6 +136,7 @@ class TierRun:
     module_failures: list[str] = field(default_factory=list)
     timeline: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
+    nodeids: list[str] = field(default_factory=list)
 
     def tails(self) -> str:
         if self.workdir is None:
@@ -147,48 +165,88 @@ class TierRun:
 
 
 class UmlTier:
-    """Host role: send the session's uml tests into one UML boot and report what came out."""
+    """Host role: send the session's uml tests into UML boots and report what came out."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.settings = Settings.from_config(config)
         self.rootdir = config.rootpath
-        self.nodeids: list[str] = []
-        self.run: TierRun | None = None
+        self.runs: dict[str, TierRun] = {}  # nodeid -> the run of its shard
+        self.shards: list[TierRun] = []
+        self._threads: list[threading.Thread] = []
+        self._booted: list[int] = []  # UML process groups, to kill if the session is cut short
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """The host's own tests first: they run while the UMLs work."""
+        items.sort(key=lambda item: tier_of(item) == "uml")  # stable: order kept within each
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        weights: dict[str, float] = {}
         for item in session.items:
             if tier_of(item) == "uml":
-                self.nodeids.append(item.nodeid)
+                marker = item.get_closest_marker("uml")
+                weights[item.nodeid] = float(
+                    marker.kwargs.get("weight", DEFAULT_WEIGHT) if marker else DEFAULT_WEIGHT
+                )
                 # Fixtures belong to the inner run; here the item only relays its result.
                 item.setup = _no_fixtures  # type: ignore[method-assign]
                 item.runtest = _Relay(self, item)  # type: ignore[method-assign]
+        if session.config.option.collectonly:
+            return
+        for group in shard(weights, self.settings.shards):
+            thread = threading.Thread(target=self._run_shard, args=(group,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _run_shard(self, nodeids: list[str]) -> None:
+        run = run_uml(self.settings, nodeids, self.rootdir, self._booted.append)
+        self.shards.append(run)
+        self.runs.update(dict.fromkeys(nodeids, run))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if tier_of(item) == "host" and shutil.which(self.settings.kernel) is None:
             skip_or_fail(self.settings, f"UML kernel {self.settings.kernel!r} not found")
 
-    def result(self) -> TierRun:
-        if self.run is None:
-            self.run = run_uml(self.settings, self.nodeids, self.rootdir)
-        return self.run
+    def result(self, nodeid: str) -> TierRun:
+        for thread in self._threads:
+            thread.join()
+        return self.runs[nodeid]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.run is None or self.run.workdir is None:
+        runs = [run for run in self.shards if run.workdir is not None]
+        if not runs:
             return
         terminalreporter.write_sep("-", "uml tier")
-        for line in self.run.summary():
-            terminalreporter.write_line(line)
-        if self._keep():
-            terminalreporter.write_line(f"work dir kept: {self.run.workdir}")
+        for n, run in enumerate(runs, 1):
+            prefix = f"shard {n}/{len(runs)}, {len(run.nodeids)} tests: " if len(runs) > 1 else ""
+            for line in run.summary():
+                terminalreporter.write_line(prefix + line)
+            if self._keep(run):
+                terminalreporter.write_line(f"work dir kept: {run.workdir}")
 
     def pytest_unconfigure(self) -> None:
-        if self.run is not None and self.run.workdir is not None and not self._keep():
-            shutil.rmtree(self.run.workdir, ignore_errors=True)
+        for pgid in self._booted:  # a session cut short: no UML outlives it
+            umlrun.kill(pgid)
+        for run in self.shards:
+            if run.workdir is not None and not self._keep(run):
+                shutil.rmtree(run.workdir, ignore_errors=True)
 
-    def _keep(self) -> bool:
-        run = self.run
-        return self.settings.keep or (run is not None and bool(run.problem or run.module_failures))
+    def _keep(self, run: TierRun) -> bool:
+        return self.settings.keep or bool(run.problem or run.module_failures)
+
+
+def shard(weights: dict[str, float], shards: int) -> list[list[str]]:
+    """Split tests into at most ``shards`` groups of about equal weight (heaviest first, each to
+    the lightest group), every group in collection order."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(shards, len(weights))))]
+    loads = [0.0] * len(groups)
+    for nodeid in sorted(weights, key=lambda n: -weights[n]):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(nodeid)
+        loads[lightest] += weights[nodeid]
+    order = {nodeid: i for i, nodeid in enumerate(weights)}
+    return [sorted(group, key=order.__getitem__) for group in groups if group]
 
 
 def _no_fixtures() -> None:
@@ -202,7 +260,7 @@ class _Relay:
         self.tier, self.item = tier, item
 
     def __call__(self) -> None:
-        run = self.tier.result()
+        run = self.tier.result(self.item.nodeid)
         if run.unavailable:
             skip_or_fail(self.tier.settings, run.problem or "UML did not run", run.tails())
         rec = run.records.get(self.item.nodeid)
@@ -225,16 +283,22 @@ class _Relay:
             raise pytest.skip.Exception(rec["longrepr"], _use_item_location=True)
 
 
-def run_uml(settings: Settings, nodeids: list[str], rootdir: Path) -> TierRun:
+def run_uml(
+    settings: Settings,
+    nodeids: list[str],
+    rootdir: Path,
+    started: Callable[[int], None] | None = None,
+) -> TierRun:
     """Boot UML once with nodeids as the inner run's tests; return what it left behind."""
     kernel = shutil.which(settings.kernel)
     if kernel is None:
         why = f"UML kernel {settings.kernel!r} not found (apt-get install user-mode-linux)"
-        return TierRun(None, why, unavailable=True)
+        return TierRun(None, why, unavailable=True, nodeids=nodeids)
     workdir = _prepare(settings, nodeids, rootdir)
     start = time.monotonic()
-    returncode, timed_out = _boot(kernel, settings, workdir)
+    returncode, timed_out = _boot(kernel, settings, workdir, started)
     run = _read_back(workdir)
+    run.nodeids = nodeids
     run.wall = time.monotonic() - start
     if "init" not in run.timeline:
         how = f"timed out after {settings.timeout:g} s" if timed_out else f"exit {returncode}"
@@ -257,13 +321,15 @@ def _prepare(settings: Settings, nodeids: list[str], rootdir: Path) -> Path:
     return workdir
 
 
-def _boot(kernel: str, settings: Settings, workdir: Path) -> tuple[int, bool]:
+def _boot(
+    kernel: str, settings: Settings, workdir: Path, started: Callable[[int], None] | None
+) -> tuple[int, bool]:
     """Run UML to its end or the timeout; return its exit status and whether it timed out."""
     # The inner pytest writes to UML's second console, pytest.log: straight to the host, unlike
     # a file over hostfs, so it survives UML being killed on timeout.
     with open(workdir / "pytest.log", "wb") as log:
         fd = log.fileno()
-        return umlrun.boot(kernel, settings.mem, settings.timeout, workdir, fd, fd)
+        return umlrun.boot(kernel, settings.mem, settings.timeout, workdir, fd, fd, started)
 
 
 def _read_back(workdir: Path) -> TierRun:

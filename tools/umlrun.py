@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,12 +184,20 @@ def write_job(
 
 
 def boot(
-    kernel: str, mem: str, timeout: float, workdir: Path, stdout: int, stderr: int
+    kernel: str,
+    mem: str,
+    timeout: float,
+    workdir: Path,
+    stdout: int,
+    stderr: int,
+    started: Callable[[int], None] | None = None,
 ) -> tuple[int, bool]:
     """Run UML to its end or the timeout; return its exit status and whether it timed out.
 
     The kernel's own console goes to workdir/console.log; the command's stdout to ``stdout``
     (UML's second console) and its stderr to ``stderr`` (the third, when it differs).
+    ``started`` is told UML's process group, for a caller that may have to kill it from
+    another thread (:func:`kill`).
     """
     args = [
         f"mem={mem}",
@@ -222,18 +230,25 @@ def boot(
     finally:
         for fd in fds:
             os.close(fd)
+    if started is not None:
+        started(proc.pid)
     try:
         proc.wait(timeout=timeout)
         timed_out = False
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:  # also on KeyboardInterrupt: UML and its helpers share its process group
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill(proc.pid)
         proc.wait()
     return proc.returncode, timed_out
+
+
+def kill(pgid: int) -> None:
+    """Kill a UML that :func:`boot` started, and its helpers (they share its process group)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def read_back(workdir: Path) -> Outcome:
