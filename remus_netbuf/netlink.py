@@ -414,7 +414,12 @@ def plug_request(seq: int, index: int, action: int, limit: int) -> bytes:
 
 def _nla(kind: int, payload: bytes) -> bytes:
     length = _NLA.size + len(payload)
-    return _NLA.pack(length, kind) + payload + b"\0" * (-length % 4)
+    return _NLA.pack(length, kind) + payload + b"\0" * (_align4(length) - length)
+
+
+def _align4(length: int) -> int:
+    """Netlink messages and attributes start on 4-byte boundaries (NLMSG_ALIGN, NLA_ALIGN)."""
+    return (length + 3) & ~3
 
 
 def ack_of(data: bytes, seq: int) -> tuple[int | None, str]:
@@ -429,7 +434,7 @@ def ack_of(data: bytes, seq: int) -> tuple[int | None, str]:
             message = data[offset : offset + length]
             code = -_ERRNO.unpack_from(message, _NLMSGHDR.size)[0]
             return code, _ack_text(message, flags) if code else ""
-        offset += (length + 3) & ~3
+        offset += _align4(length)
     return None, ""
 
 
@@ -439,7 +444,7 @@ def _ack_text(message: bytes, flags: int) -> str:
         return ""
     start = _NLMSGHDR.size + _ERRNO.size  # then the request's header, or all of the request
     echoed = _NLMSGHDR.size if flags & NLM_F_CAPPED else _NLMSGHDR.unpack_from(message, start)[0]
-    offset = start + ((echoed + 3) & ~3)
+    offset = start + _align4(echoed)
     while offset + _NLA.size <= len(message):
         length, kind = _NLA.unpack_from(message, offset)
         if length < _NLA.size:
@@ -450,7 +455,7 @@ def _ack_text(message: bytes, flags: int) -> str:
                 .split(b"\0")[0]
                 .decode("ascii", "replace")
             )
-        offset += (length + 3) & ~3
+        offset += _align4(length)
     return ""
 
 

@@ -180,6 +180,9 @@ class Xenstore:
         (xenstored answers a connection's requests in order): one round trip's wait instead of
         one per path. Each answer's payload, or None where the node does not exist."""
 
+        if not paths:
+            return []
+
         def request() -> list[bytes | None]:
             tx_id = self._client.tx_id
             waiting = [
@@ -199,7 +202,7 @@ class Xenstore:
                 answers.append(packet.payload.rstrip(b"\0"))
             return answers
 
-        return self._again_if_lost(request, verb, paths[0] if paths else "") if paths else []
+        return self._again_if_lost(request, verb, paths[0])
 
     def _again_if_lost(self, request: Callable[[], T], verb: str, path: str) -> T:
         """``request``, once more on a new connection if the old one was lost (outside a
