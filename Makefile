@@ -13,7 +13,8 @@ lint: deps
 	.venv/bin/ruff format --check $(SRC)
 	.venv/bin/mypy
 
-# The whole suite: lint, unit, native kernel and xenstore tests, and the UML tier (sch_plug).
+# The whole suite: lint, unit, native kernel and xenstore tests, and the kernel tier (sch_plug:
+# Debian's kernel in QEMU, fetched once into .cache/vm, or this kernel where it has sch_plug).
 test: lint
 	$(PY) -m pytest --cov=remus_netbuf --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
@@ -25,4 +26,4 @@ bench: deps
 	$(PY) bench/bench.py
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* .uml
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* .cache

@@ -1,23 +1,26 @@
 """``make bench``: figures for the notes, printed beside their targets and never asserted.
 
-(a) In User-Mode Linux (it has sch_plug): wall time of ``remus-netbuf-setup setup`` and
-    ``teardown``, spawned as libxl spawns them, while 1, 16 and 63 other domains hold IFBs (a
-    live domain, a claim in xenstore, a vif redirected to its IFB, a plug on the IFB).
+(a) On a kernel with sch_plug (Debian's, in QEMU: tools/vm.py): wall time of
+    ``remus-netbuf-setup setup`` and ``teardown``, spawned as libxl spawns them, while 1, 16 and
+    63 other domains hold IFBs (a live domain, a claim in xenstore, a vif redirected to its IFB,
+    a plug on the IFB).
 (b) Here: start-up cost of ``remus-netbuf-setup`` (``-X importtime`` total of the entry module,
     wall time of ``--version``) and the wall time of a teardown with nothing to undo.
-(c) In UML: one epoch's plug actions, buffer then release_one, through the plug API (one Plug,
+(c) There too: one epoch's plug actions, buffer then release_one, through the plug API (one Plug,
     many cycles) and through ``tc qdisc change ... plug`` (a process per command, as the shell
     script does).
 
-UML makes every syscall 10-30x slower, so its figures are for ratios, not absolutes. The UML part
-is this script again (``--uml-part``), run by tools/umlrun.py; it writes its samples to a JSON
-file on hostfs and prints a progress line per round. The exit status is 1 only when a
-figure could not be measured.
+A TCG VM runs Python ~17x slower than the host, so its figures are for ratios, not absolutes.
+The VM part is this script again (``--vm-part``), run by tools/vm.py; it writes its samples to a
+JSON file in the VM's work dir and prints a progress line per round. Where this kernel has
+sch_plug, the VM part runs here instead, in a private network namespace (``unshare --net``).
+The exit status is 1 only when a figure could not be measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -37,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the repo is not
     sys.path.insert(0, str(REPO))
 
-from tools import umlrun  # noqa: E402
+from tools import vm  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.xenstored_standin import XenstoredStandin
@@ -49,29 +52,29 @@ HOTPLUG_RUNS = 7  # rounds; each runs a setup+teardown at every level, after one
 NATIVE_RUNS = 10
 API_CYCLES = 2000
 TC_CYCLES = 20
-UML_TIMEOUT = 540.0  # a hard stop; the UML part takes about 2-3 minutes
+VM_TIMEOUT = 900.0  # a hard stop; the VM part takes about 4-6 minutes under TCG
+PRIVATE = "REMUS_NETBUF_BENCH_PRIVATE_NETNS"  # the VM part runs in a kernel of its own
 OUR_DOMID, OUR_VIF = 1, "vif1.0"
 TARGETS = {"setup_ratio": 1.3, "startup_ms": 120.0, "cycle_ratio": 50.0}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--uml-part", type=Path, help=argparse.SUPPRESS)  # results file
+    parser.add_argument("--vm-part", type=Path, help=argparse.SUPPRESS)  # results file
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    umlrun.exit_on_sigterm()
-    if args.uml_part:
-        return uml_part(args.uml_part)
+    vm.exit_on_sigterm()
+    if args.vm_part:
+        return vm_part(args.vm_part)
     print("remus-netbuf benchmarks: figures, not assertions")
     print(f"(b) native, kernel {os.uname().release}")
     native = native_figures()
-    print(f"(a), (c) in User-Mode Linux ({umlrun.Options.from_env().kernel}):")
     before = os.getloadavg()[0]
-    uml, problem = uml_figures()
+    inside, problem = vm_figures()
     print(f"    host load average: {before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
-    missing = print_table(native, uml)
+    missing = print_table(native, inside)
     if problem:
-        print(f"\nUML part: {problem}")
+        print(f"\nVM part: {problem}")
     return 1 if missing or problem else 0
 
 
@@ -153,38 +156,44 @@ def hotplug_env(stage: Stage, vif: str, domid: int) -> dict[str, str]:
     }
 
 
-# --- (a) and (c), in UML -------------------------------------------------------------------
+# --- (a) and (c), in the VM ----------------------------------------------------------------
 
 
-def uml_figures() -> tuple[dict[str, Any], str | None]:
-    """Run the UML part; its samples, and what went wrong if anything did."""
-    workdir = Path(tempfile.mkdtemp(prefix="rnb-bench-", dir="/var/tmp"))  # visible in UML
+def vm_figures() -> tuple[dict[str, Any], str | None]:
+    """Run the VM part; its samples, and what went wrong if anything did."""
+    options = dataclasses.replace(vm.Options.from_env(), timeout=VM_TIMEOUT)
+    mode = vm.choose_mode(options, lambda m: print(f"    {m}"))
+    workdir = vm.make_workdir(options.workdir_parent)
     results = workdir / "results.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--vm-part", str(results)]
     try:
-        options = umlrun.Options.from_env()
-        options = umlrun.Options(options.kernel, options.mem, UML_TIMEOUT, options.workdir_parent)
-        command = [sys.executable, str(Path(__file__).resolve()), "--uml-part", str(results)]
-        outcome = umlrun.run(command, cwd=REPO, options=options)
-        print(f"    ({outcome.summary()})")
+        if mode == "native":
+            print(f"(a), (c) here, kernel {os.uname().release}, in a private network namespace:")
+            done = subprocess.run(["unshare", "--net", *command], env={**os.environ, PRIVATE: "1"})
+            returncode, problem = done.returncode, None
+        else:
+            print(f"(a), (c) in QEMU ({mode}) on Debian's stock kernel:")
+            outcome = vm.run(command, cwd=REPO, options=options, mode=mode, workdir=workdir)
+            print(f"    ({outcome.summary()})")
+            returncode, problem = outcome.returncode, outcome.problem
         data = json.loads(results.read_text()) if results.exists() else {}
-        problem = outcome.problem
-        if outcome.returncode not in (0, None):
-            problem = f"exit {outcome.returncode}"
+        if returncode not in (0, None):
+            problem = f"exit {returncode}"
         return data, problem
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def uml_part(results: Path) -> int:
-    """Inside UML: measure, writing the samples after each round (a timeout keeps the rest)."""
-    if os.environ.get(umlrun.IN_UML) != "1":
-        print("--uml-part builds devices in the root namespace: only inside UML", file=sys.stderr)
+def vm_part(results: Path) -> int:
+    """In the VM: measure, writing the samples after each round (a timeout keeps the rest)."""
+    if os.environ.get(vm.IN_VM) != "1" and os.environ.get(PRIVATE) != "1":
+        print("--vm-part builds devices in its root namespace: only in a VM", file=sys.stderr)
         return 1
     hot: dict[str, dict[str, list[float]]] = {str(n): {"setup": [], "teardown": []} for n in LEVELS}
     data: dict[str, Any] = {"hotplug": hot, "cycle": {}}
     # IFBs up would send their own IPv6 start-up packets into their plugs: keep them quiet.
     _run(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
-    warm = hotplug_pair(LEVELS[0])  # the first python starts over hostfs are the slowest
+    warm = hotplug_pair(LEVELS[0])  # the first python starts are the slowest
     print(f"    warm-up, not counted: setup {warm[0]:.0f} ms, teardown {warm[1]:.0f} ms")
     for rnd in range(1, HOTPLUG_RUNS + 1):  # levels interleaved: host noise hits them alike
         for others in LEVELS:
@@ -206,7 +215,7 @@ def uml_part(results: Path) -> int:
 def hotplug_pair(others: int) -> tuple[float, float]:
     """Wall ms of one setup and one teardown of vif1.0 while ``others`` domains hold IFBs.
 
-    Built in UML's own root namespace (private to this UML), so the script is spawned exactly
+    Built in the VM's own root namespace (private to the VM), so the script is spawned exactly
     as libxl spawns it: no ``ip netns exec`` in the timing. The spare IFB it takes is made up
     front, so it picks a free IFB rather than creating one.
     """
@@ -320,14 +329,14 @@ class Line:
         )
 
 
-def print_table(native: dict[str, list[float]], uml: dict[str, Any]) -> int:
+def print_table(native: dict[str, list[float]], inside: dict[str, Any]) -> int:
     """Print every figure with its target; returns how many could not be measured."""
     lines: list[Line] = []
-    hot = uml.get("hotplug", {})
+    hot = inside.get("hotplug", {})
     for action in ("setup", "teardown"):
         for others in LEVELS:
             runs = hot.get(str(others), {}).get(action, [])
-            name = f"(a) UML: {action}, {others} other domain{'s' if others > 1 else ''} busy"
+            name = f"(a) VM: {action}, {others} other domain{'s' if others > 1 else ''} busy"
             lines.append(Line(name, runs, "ms", ratio_target(hot, action, others)))
     imp, ver, noop = native["import_ms"], native["version_ms"], native["noop_teardown_ms"]
     startup = TARGETS["startup_ms"]
@@ -341,15 +350,15 @@ def print_table(native: dict[str, list[float]], uml: dict[str, Any]) -> int:
         ),
         Line("(b) here: teardown with nothing to undo, wall", noop, "ms"),
     ]
-    cyc = uml.get("cycle", {})
+    cyc = inside.get("cycle", {})
     api, tc = cyc.get("api_us", []), cyc.get("tc_us", [])
     ratio = median(tc) / median(api) if api and tc else None
     goal = TARGETS["cycle_ratio"]
     lines += [
-        Line("(c) UML: buffer+release_one, plug API", api, "µs"),
-        Line("(c) UML: block+release, tc per command", tc, "µs"),
+        Line("(c) VM: buffer+release_one, plug API", api, "µs"),
+        Line("(c) VM: block+release, tc per command", tc, "µs"),
         Line(
-            "(c) UML: the plug API is faster than tc by",
+            "(c) VM: the plug API is faster than tc by",
             [],
             "",
             f">= {goal:.0f}x: {met(goal, ratio)}" if ratio else "",
@@ -369,12 +378,12 @@ def print_table(native: dict[str, list[float]], uml: dict[str, Any]) -> int:
 
 NOTES = f"""\
 (a) {HOTPLUG_RUNS} rounds after one warm-up; each round builds every level afresh and runs one
-    setup and one teardown in it, the script spawned directly as libxl spawns it, in UML's own
-    root namespace; the stand-in xenstored answers from Python.
+    setup and one teardown in it, the script spawned directly as libxl spawns it, in the VM's
+    own root namespace; the stand-in xenstored answers from Python.
 (b) in this host's own namespace; the teardown finds no vif1.0 and no claim.
 (c) {API_CYCLES} API cycles on one Plug; {TC_CYCLES} tc cycles of 2 processes each (tc's words:
     block = buffer, release = release_one).
-UML syscalls are 10-30x slower than native ones, and its timings follow the host's load:
+Python in a TCG VM is ~17x slower than here, and its timings follow the host's load:
 compare ratios there, not absolutes."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.vmtier import scaled
 from tests.xenstored_standin import XenstoredStandin
 
 BIN = Path(sys.executable).parent
@@ -28,7 +29,7 @@ CLI = str(BIN / "remus-netbuf")
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=scaled(30))
 
 
 def netbuf_path(domid: int, devid: int = 0) -> str:
@@ -128,7 +129,7 @@ class Bed:
             capture_output=True,
             text=True,
             env=env,
-            timeout=60,
+            timeout=scaled(30),
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -138,7 +139,7 @@ class Bed:
             capture_output=True,
             text=True,
             env=self.env(**extra_env),
-            timeout=60,
+            timeout=scaled(30),
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -1,8 +1,8 @@
 """Shared test configuration.
 
-The UML tier (tests/umltier.py) runs ``@pytest.mark.uml`` tests inside User-Mode Linux.
+The kernel tier (tests/vmtier.py) runs ``@pytest.mark.vm`` tests on a kernel with sch_plug.
 """
 
-# --- UML tier: keep this block as it is; add other fixtures below it ----------------------
-pytest_plugins = ["tests.umltier"]
+# --- kernel tier: keep this block as it is; add other fixtures below it --------------------
+pytest_plugins = ["tests.vmtier"]
 # ------------------------------------------------------------------------------------------

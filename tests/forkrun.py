@@ -1,7 +1,7 @@
 """Fork runner: each product run is a forked child of the test process, not a new interpreter.
 
-Why fork: inside the UML tier syscalls are 10-30x slower and ``import pyroute2`` alone takes
-about 6 s, so a ``remus-netbuf-setup`` subprocess per run is far too slow for the hundreds of
+Why fork: in a TCG VM (the kernel tier) Python runs ~17x slower and ``import pyroute2`` alone
+takes seconds, so a ``remus-netbuf-setup`` subprocess per run is far too slow for the hundreds of
 runs the guarantee tests make. Here the test process imports the product and its libraries
 once (:func:`preload`); each run is an ``os.fork()`` whose child, before anything else, enters
 the bed's network namespace with ``setns`` (the child is single-threaded, so the whole process
@@ -48,7 +48,7 @@ CLONE_NEWNET = 0x40000000
 EXIT_CRASHED = 70  # the child raised past the entry point (EX_SOFTWARE): a traceback follows
 _libc = ctypes.CDLL(None, use_errno=True)
 
-# Everything a run imports, so that no child pays for an import (6 s for pyroute2 in UML).
+# Everything a run imports, so that no child pays for an import (seconds for pyroute2 in a VM).
 PRELOAD = (
     "remus_netbuf.hotplug",
     "remus_netbuf.cli",
@@ -307,7 +307,7 @@ class KernelState:
 def kernel_state(ns: str) -> KernelState:
     """Snapshot ``ns`` with ``ip -j`` and one ``tc -j -batch`` (qdiscs, then every filter).
 
-    Two processes however many devices there are: inside UML each costs ~0.15 s.
+    Two processes however many devices there are: in a TCG VM each costs ~0.2 s.
     """
     out = _iproute2("ip", "-n", ns, "-j", "-d", "link", "show")
     links = {

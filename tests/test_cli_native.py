@@ -3,7 +3,7 @@
 Each run is a separate process in the bed's namespace, talking to the stand-in xenstored. The
 state it reports on is made with ``bed.claim`` and the real ``tc``/``ip``; what it changed is
 checked with them too. What needs a working plug (a plugged netbuf, unclaimed plugs, the plug
-actions) is in tests/test_cli_uml.py.
+actions) is in tests/test_cli_vm.py.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the kernel rolled back, in bounded time, never with a half-written claim.
 The product runs through the fork runner (tests/forkrun.py: a forked child per run, in the
 bed's namespace), so a thousand hypothesis cases take seconds. This kernel has no sch_plug,
 so a setup that gets past every check fails at 'add plug qdisc' and rolls back: here that
-failure is the sign that a fault was ridden out. The successes are in test_guarantees_uml.py.
+failure is the sign that a fault was ridden out. The successes are in test_guarantees_vm.py.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def kernel_has_plug() -> bool:
 def noplug() -> None:
     """These tests read 'got past X' from the failure at 'add plug qdisc': no sch_plug here."""
     if kernel_has_plug():
-        pytest.skip("this kernel has sch_plug; test_guarantees_uml.py covers the successes")
+        pytest.skip("this kernel has sch_plug; test_guarantees_vm.py covers the successes")
 
 
 def scene(bed: Bed) -> None:
@@ -451,7 +451,7 @@ def test_bad_input_is_refused_in_one_line_and_touches_nothing(
 # --- crashes: kill -9 at every step this kernel reaches -------------------------------------
 
 # The steps before the plug: a kill comes as a step starts, so 'add plug qdisc' is reached here
-# too. The later ones need sch_plug: test_guarantees_uml.py kills at all of them.
+# too. The later ones need sch_plug: test_guarantees_vm.py kills at all of them.
 CRASH_STEPS = ["connect to xenstore", "check vif", "open netlink", "take pickifb lock",
                "pick IFB", "create IFB", "bring IFB up", "add plug qdisc"]  # fmt: skip
 CRASH_BATCHES = 14  # 7 with no free IFB (8 kills each), 7 with one free per setup (7 kills)
@@ -470,7 +470,7 @@ def test_setup_killed_at_every_step_then_torn_down_and_gced_leaves_nothing(
     for d in victims:
         bed.add_vif(f"vif{d}.0")
         bed.domain(d)
-        bed.xs.seed(netbuf_path(d))  # see add_vifs in test_guarantees_uml.py: a stand-in quirk
+        bed.xs.seed(netbuf_path(d))  # see add_vifs in test_guarantees_vm.py: a stand-in quirk
     healthy = bed.subtree(PATH7)
     kills: Counter[str] = Counter()
     state = kernel_state(bed.ns)

@@ -2,7 +2,7 @@
 
 Everything that does not need a working plug is covered here: the missing-plug path itself,
 input validation, IFB choice, teardown in all its forms, xenstore and config failures. What needs
-the plug (a successful setup, busy-by-plug IFBs, packets) runs in the UML tier.
+the plug (a successful setup, busy-by-plug IFBs, packets) runs in the kernel tier (a VM).
 """
 
 from __future__ import annotations

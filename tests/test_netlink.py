@@ -127,7 +127,7 @@ def test_plug_absent_from_this_kernel_is_named(ns: str, nl: Netlink) -> None:
         assert str(err) == "kernel has no sch_plug (CONFIG_NET_SCH_PLUG)"
         assert nl.root_qdisc("ifb0") != "plug"
     else:
-        pytest.skip("this kernel has sch_plug (the UML tier covers the plug)")
+        pytest.skip("this kernel has sch_plug (the kernel tier covers the plug)")
 
 
 def test_remove_plug_leaves_other_root_qdiscs(ns: str, nl: Netlink) -> None:

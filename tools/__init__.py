@@ -1,1 +1,1 @@
-"""Developer tools: run a command inside User-Mode Linux (umlrun), the demo."""
+"""Developer tools: run a command inside a kernel with sch_plug in QEMU (vm), the demo."""

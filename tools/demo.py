@@ -8,8 +8,8 @@ Then teardown, and the state clean. Every claim the story makes is checked, so i
 too: the exit status is 1 if anything did not happen as told. Everything it creates is removed at
 the end, also on failure or SIGTERM.
 
-Needs sch_plug. When the running kernel lacks it, the demo says so and runs itself inside
-User-Mode Linux (tools/umlrun.py).
+Needs sch_plug. When the running kernel lacks it, the demo says so and runs itself in QEMU on
+Debian's stock kernel (tools/vm.py), printing each stage as it happens.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: tools/ is on the path, the repo is not
     sys.path.insert(0, str(REPO))
 
-from tools import umlrun  # noqa: E402
+from tools import vm  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.bed import Bed, Result
@@ -41,7 +40,6 @@ DOMID, DEVID = 1, 0
 VIF = f"vif{DOMID}.{DEVID}"
 XENBUS_PATH = f"/libxl/{DOMID}/remus/netbuf/{DEVID}"
 INDENT = "   "
-UML_NAME = "User-Mode Linux (Linux 6.1 with sch_plug)"
 Row = tuple[str, str, str, str]
 
 
@@ -58,41 +56,27 @@ class Step(NamedTuple):
 
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    umlrun.exit_on_sigterm()
-    try:
-        plug_here = has_sch_plug()
-    except subprocess.CalledProcessError as err:
-        print(f"demo: needs root and network namespaces: {err.stderr.strip()}", file=sys.stderr)
-        return 1
-    if plug_here:
+    vm.exit_on_sigterm()
+    if os.environ.get(vm.IN_VM) == "1":
         return Story().run()
-    if os.environ.get(umlrun.IN_UML) == "1":
-        print("demo: no sch_plug even inside User-Mode Linux; see its module log", file=sys.stderr)
-        return 1
-    print(f"this kernel has no sch_plug; running the demo inside {UML_NAME}\n")
-    outcome = umlrun.run([sys.executable, str(Path(__file__).resolve())], cwd=REPO)
-    print(f"\n({outcome.summary()})")
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - start:5.1f} s] {message}", flush=True)
+
+    options = vm.Options.from_env()
+    mode = vm.choose_mode(options, say)
+    if mode == "native":
+        return Story().run()
+    say(f"this kernel has no sch_plug: the demo runs in QEMU ({mode}) on Debian's stock kernel")
+    me = [sys.executable, str(Path(__file__).resolve())]
+    outcome = vm.run(me, cwd=REPO, options=options, mode=mode, say=say)
+    say(f"done ({outcome.summary()})")
     if outcome.problem:
         print(f"demo: {outcome.problem}", file=sys.stderr)
         if not outcome.booted:
             print(outcome.console_tail(), file=sys.stderr)
     return outcome.exit_status
-
-
-def has_sch_plug() -> bool:
-    """Whether a plug qdisc can go on an IFB, tried in a throwaway namespace."""
-    ns = "rnb-probe-" + uuid.uuid4().hex[:8]
-    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, text=True)
-    try:
-        for argv in (
-            ["ip", "-n", ns, "link", "add", "ifb0", "type", "ifb"],
-            ["tc", "-n", ns, "qdisc", "add", "dev", "ifb0", "root", "plug", "limit", "1000"],
-        ):
-            if subprocess.run(argv, capture_output=True).returncode != 0:
-                return False
-        return True
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 class Story:

@@ -1,6 +1,6 @@
 """``remus-netbuf`` on a kernel with sch_plug (inside User-Mode Linux): what the host cannot show.
 
-A ``remus-netbuf`` process costs seconds in UML, so each test makes few of them and builds the
+A ``remus-netbuf`` process costs seconds in a TCG VM, so each test makes few of them and builds the
 rest of its state with ``tc``/``ip``. Packets come from a guest namespace (tests/packets.py);
 since a guest may send a little traffic of its own (IPv6 multicast reports), held-packet counts
 are checked against the datagrams we sent by label, and against ``tc -s`` read around the run.
@@ -20,7 +20,7 @@ import pytest
 from tests.bed import Bed, make_bed, netbuf_path
 from tests.packets import Wire
 
-pytestmark = pytest.mark.uml
+pytestmark = pytest.mark.vm
 
 VIF = "vif5.0"
 PATH5, PATH7 = netbuf_path(5), netbuf_path(7)

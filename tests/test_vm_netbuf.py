@@ -18,7 +18,7 @@ from remus_netbuf.plug import Plug
 from tests.bed import Bed, make_bed, netbuf_path
 from tests.packets import Wire
 
-pytestmark = pytest.mark.uml
+pytestmark = pytest.mark.vm
 
 VIF = "vif5.0"
 PATH5 = netbuf_path(5, 0)
