@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
-from .errors import BadRequest, NetbufError, one_line
+from .errors import BadRequest, ConfigError, NetbufError, one_line
 from .request import Request, check_ifname, xenbus_ids
 
 EXIT_ANOMALIES = 2
@@ -182,7 +182,12 @@ def _status_or_gc(args: argparse.Namespace) -> int:
 
     with Xenstore(socket_path(os.environ)) as xs, Netlink() as nl:
         if args.command == "status":
-            snap = scan(xs, nl)
+            try:
+                load_config(os.environ)
+                broken = None
+            except ConfigError as err:  # setup, teardown and gc would fail on it: say so
+                broken = str(err)
+            snap = scan(xs, nl, broken)
             sys.stdout.write(render_json(snap) if args.json else render_table(snap))
             return EXIT_ANOMALIES if anomalies(snap) else 0
         with pickifb_lock(load_config(os.environ).lock_dir):

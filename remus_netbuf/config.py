@@ -65,43 +65,67 @@ _PARSERS = {
 
 
 def parse_config(text: str, source: str) -> Config:
-    """Parse the file's text; errors name the file and line."""
+    """Parse the file's text; errors name the file and line (and both lines of a duplicate)."""
     values: dict[str, object] = {}
+    lines: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), _unquote(value.split("#", 1)[0].strip())
         where = f"{source}:{number}"
+        key, sep, rest = line.partition("=")
+        key = key.strip()
         if not sep:
-            raise ConfigError(source=where, detail=f"expected key=value, got {line!r}")
+            raise ConfigError(source=where, detail=f"expected key=value, got {_show(line)}")
         if key not in _PARSERS:
             known = ", ".join(_PARSERS)
-            raise ConfigError(source=where, detail=f"unknown key {key!r} (known: {known})")
+            raise ConfigError(source=where, detail=f"unknown key {_show(key)} (known: {known})")
+        if key in lines:
+            raise ConfigError(
+                source=where, detail=f"{key} is set twice (first on line {lines[key]})"
+            )
         try:
-            values[key] = _PARSERS[key](value)
+            values[key] = _PARSERS[key](_value(rest))
         except ValueError as err:
             raise ConfigError(source=where, detail=str(err)) from None
+        lines[key] = number
     return Config(**values)  # type: ignore[arg-type]
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
+def _value(rest: str) -> str:
+    """The value after ``=``: quoted (a ``#`` inside is part of it) or bare (up to a ``#``)."""
+    rest = rest.strip()
+    if rest[:1] in ("'", '"'):
+        end = rest.find(rest[0], 1)
+        if end < 0:
+            raise ValueError(f"unterminated quote in {_show(rest)}")
+        tail = rest[end + 1 :].strip()
+        if tail and not tail.startswith("#"):
+            raise ValueError(f"text after the closing quote: {_show(tail)}")
+        return rest[1:end]
+    return rest.split("#", 1)[0].strip()
+
+
+def _show(text: str) -> str:
+    """Quote file text for a message, escaping what is not printable ASCII."""
+    return repr(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
-    """Find and parse the configuration the environment points at."""
+    """Find and parse the configuration the environment points at.
+
+    The file is read as bytes and decoded leniently: a stray byte in a comment is no error, and
+    one in a value fails that value's check (values are ASCII), naming the line."""
     path = environ.get("REMUS_NETBUF_CONF")
     if path is None:
         if not os.path.exists(DEFAULT_PATH):
             return Config()
         path = DEFAULT_PATH
+    if not path:
+        raise ConfigError(source="$REMUS_NETBUF_CONF", detail="is set but empty")
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(source=path, detail=f"cannot read: {err}") from None
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8", "surrogateescape")
+    except OSError as err:
+        raise ConfigError(source=path, detail=f"cannot read: {err.strerror or err}") from None
     return parse_config(text, path)

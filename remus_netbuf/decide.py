@@ -20,6 +20,7 @@ class Ifb:
     name: str
     root_qdisc: str | None  # kind of the root qdisc (pfifo_fast once up); None: none listed
     up: bool = False
+    added_root: bool = False  # the root qdisc was added (it has a handle), not the kernel's own
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,12 @@ def pick_ifb(
 
     Candidates are the links named ``ifbN``; an IFB of another name is someone else's (an
     admin's ingress shaping, say) and is never taken. Free means: no live domain's netbuf
-    claims it and, as ``probe`` finds it in the kernel, it is an IFB whose root qdisc is not
-    ``plug``. A claim at ``own_path`` is our own (left by an earlier run for this same netbuf)
-    and is about to be overwritten, so it does not make an IFB busy. Only unclaimed candidates
-    are probed, up to the first free one: picking costs one probe in the usual case, however
-    many netbufs the host has.
+    claims it and, as ``probe`` finds it in the kernel, it is an IFB whose root qdisc is the
+    kernel's own (none, or the default it attaches): a plug, or any root qdisc someone added
+    (an admin's shaping), makes it busy. A claim at ``own_path`` is our own (left by an earlier
+    run for this same netbuf) and is about to be overwritten, so it does not make an IFB busy.
+    Only unclaimed candidates are probed, up to the first free one: picking costs one probe in
+    the usual case, however many netbufs the host has.
     """
     owners: dict[str, list[str]] = {}
     for claim in live_claims(claims, live_domids):
@@ -93,6 +95,8 @@ def pick_ifb(
             continue  # not an IFB, or gone meanwhile
         if ifb.root_qdisc == "plug":
             busy.append(f"{name} (has a plug, unclaimed)")
+        elif ifb.added_root:
+            busy.append(f"{name} (root {ifb.root_qdisc}, not ours)")
         else:
             return Choice(name, f"{name} is free", ifb.up)
     if not busy:

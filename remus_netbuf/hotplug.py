@@ -11,11 +11,16 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ConfigError, NetbufError, StepFailed, one_line
-from .log import setup_logging
+from .log import SECONDARY, setup_logging
 from .request import Request, parse_request, valid_xenbus_path
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("remus_netbuf")
 
@@ -50,24 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(request: Request, environ: Mapping[str, str]) -> int:
     """Carry out a validated request; the shared path of remus-netbuf-setup and remus-netbuf."""
-    from .config import load_config
     from .netbuf import setup, teardown
 
     try:
-        try:
-            config = load_config(environ)
-        except ConfigError as err:
-            raise StepFailed(
-                vif=request.vif,
-                command=request.command,
-                step="read config",
-                ifb=request.remus_ifb or "none",
-                detail=str(err),
-            ) from None
         if request.command == "setup":
-            setup(request, config, environ)
-        else:
-            teardown(request, config, environ)
+            setup(request, read_config(request, environ), environ)
+        else:  # it frees the guest before it reads the config
+            teardown(request, partial(read_config, request, environ), environ)
     except NetbufError as err:
         return fail(str(err), request.xenbus_path, environ)
     except Exception as err:  # a bug: keep the traceback for the log, still report and exit 1
@@ -75,6 +69,22 @@ def run(request: Request, environ: Mapping[str, str]) -> int:
         reason = f"{request.vif}: {request.command} failed: internal error: {type(err).__name__}"
         return fail(f"{reason}: {err}", request.xenbus_path, environ)
     return 0
+
+
+def read_config(request: Request, environ: Mapping[str, str]) -> Config:
+    """The configuration, or a failure of the step 'read config'."""
+    from .config import load_config
+
+    try:
+        return load_config(environ)
+    except ConfigError as err:
+        raise StepFailed(
+            vif=request.vif,
+            command=request.command,
+            step="read config",
+            ifb=request.remus_ifb or "none",
+            detail=str(err),
+        ) from None
 
 
 def fail(message: str, xenbus_path: str | None, environ: Mapping[str, str]) -> int:
@@ -89,7 +99,7 @@ def fail(message: str, xenbus_path: str | None, environ: Mapping[str, str]) -> i
                 xs.write(f"{xenbus_path}/hotplug-error", message)
                 xs.write(f"{xenbus_path}/hotplug-status", "error")
         except NetbufError as err:
-            log.error("could not write %s/hotplug-error: %s", xenbus_path, err)
+            log.error("could not write %s/hotplug-error: %s", xenbus_path, err, extra=SECONDARY)
     return 1
 
 

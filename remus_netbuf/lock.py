@@ -4,12 +4,14 @@ The file is ``<lock_dir>/pickifb`` (``/var/run/xen-hotplug/pickifb``: the name X
 scripts use, so the old shell script and this one exclude each other on a host that has both).
 It is an flock, so a holder killed with SIGKILL releases it with its last descriptor and a stale
 file never blocks. The directory is created root-only; a lock path or directory that is a
-symbolic link is refused (filelock also opens with O_NOFOLLOW).
+symbolic link, or a directory not owned by root or writable by group or others, is refused
+(filelock also opens with O_NOFOLLOW). After a second of waiting it says whom it waits for.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -19,6 +21,9 @@ from .errors import LockError
 
 LOCK_NAME = "pickifb"
 LOCK_TIMEOUT = 30.0  # libxl kills the script after 40 s; leave time to report
+WAIT_NOTICE = 1.0  # seconds of waiting after which we say whom we wait for
+PROC_LOCKS = "/proc/locks"
+log = logging.getLogger("remus_netbuf")
 
 
 @contextmanager
@@ -31,7 +36,11 @@ def pickifb_lock(lock_dir: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]
     _refuse_link(path)
     lock = FileLock(path, timeout=timeout, mode=0o600, fallback_to_soft=False, thread_local=False)
     try:
-        lock.acquire()
+        try:
+            lock.acquire(timeout=min(WAIT_NOTICE, timeout))
+        except Timeout:
+            log.warning("lock %s: waiting for %s", path, holders(path))
+            lock.acquire(timeout=max(0.0, timeout - WAIT_NOTICE))
     except Timeout:
         detail = f"still held by another process after {timeout:g} s"
         raise LockError(path=path, detail=detail) from None
@@ -62,6 +71,40 @@ def _ensure_dir(lock_dir: str) -> None:
         raise LockError(path=lock_dir, detail="is a symbolic link; refusing")
     if not stat.S_ISDIR(info.st_mode):
         raise LockError(path=lock_dir, detail="is not a directory")
+    # As sshd's StrictModes: whoever else may write here could swap the lock file.
+    if info.st_uid != 0:
+        raise LockError(path=lock_dir, detail=f"is owned by uid {info.st_uid}, not root; refusing")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = stat.S_IMODE(info.st_mode)
+        raise LockError(
+            path=lock_dir, detail=f"is group- or world-writable (mode {mode:04o}); refusing"
+        )
+
+
+def holders(path: str) -> str:
+    """Who holds the flock on ``path``, from /proc/locks: 'pid N (comm)', or why unknown."""
+    try:
+        inode = os.stat(path).st_ino
+        with open(PROC_LOCKS) as table:
+            rows = table.read().splitlines()
+    except OSError:
+        return "another process"
+    pids = []
+    for row in rows:
+        fields = row.split()  # 1: FLOCK ADVISORY WRITE 4242 08:01:1234 0 EOF
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].split(":")[-1] == str(inode):
+            pids.append(fields[4])
+    if not pids:
+        return "another process"
+    return ", ".join(f"pid {pid} ({_comm(pid)})" for pid in dict.fromkeys(pids))
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return "gone"
 
 
 def _refuse_link(path: str) -> None:

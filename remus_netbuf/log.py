@@ -11,6 +11,14 @@ import sys
 
 LOGGER = "remus_netbuf"
 DEV_LOG = "/dev/log"
+# ``extra=SECONDARY``: a failure the final one-line reason already covers (a rollback step, a
+# teardown step, hotplug-error that could not be written): syslog only, so that stderr, which
+# libxl keeps, has exactly one line per failure.
+SECONDARY = {"secondary": True}
+
+
+def _primary(record: logging.LogRecord) -> bool:
+    return not getattr(record, "secondary", False)
 
 
 class _Syslog(logging.Handler):
@@ -43,6 +51,7 @@ def setup_logging(program: str, level: int = logging.INFO) -> logging.Logger:
     logger.propagate = False
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(logging.Formatter(f"{program}: %(message)s"))
+    stderr.addFilter(_primary)
     logger.addHandler(stderr)
     if os.path.exists(DEV_LOG):
         syslog = _Syslog(program)

@@ -21,6 +21,7 @@ from .config import Config
 from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
 from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
 from .lock import pickifb_lock
+from .log import SECONDARY
 from .netlink import Netlink, link_exists
 from .request import Request
 from .xenstore import Xenstore, socket_path
@@ -70,7 +71,9 @@ class Run:
             try:
                 action()
             except NetbufError as err:
-                log.error("%s: rollback: %s failed: %s", self.request.vif, what, err)
+                log.error(
+                    "%s: rollback: %s failed: %s", self.request.vif, what, err, extra=SECONDARY
+                )
                 failed.append(f"{what}: {err}")
         return failed
 
@@ -83,6 +86,13 @@ def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
             if not link_exists(request.vif):
                 raise KernelError(detail=f"vif {request.vif} does not exist")
         with run.at("open netlink"), Netlink() as nl:
+            with run.at("check vif"):
+                _refuse_ifb_as_vif(nl, request.vif)
+            whole = _whole_netbuf(run, xs, nl)
+            if whole is not None:
+                log.info("%s: netbuf already whole on %s: nothing to change", request.vif, whole)
+                _publish(run, xs)
+                return whole
             try:
                 with run.at("take pickifb lock"), pickifb_lock(config.lock_dir):
                     was_up = _claim_ifb(run, config, xs, nl)
@@ -108,17 +118,46 @@ def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str, was_
         if not was_up:
             run.undo.append((f"bring {ifb} down", lambda: nl.set_up(ifb, False)))
     with run.at("add plug qdisc"):
-        nl.add_plug(ifb, config.plug_limit)
-        run.undo.append((f"remove plug from {ifb}", lambda: nl.remove_plug(ifb)))
+        nl.add_plug(ifb, config.plug_limit)  # the kernel refuses it over a root of someone's
+        if was_up:
+            run.undo.append((f"remove plug from {ifb}", lambda: nl.remove_plug(ifb)))
+        else:  # down first, then the plug: left fresh, with no default qdisc attached
+            run.undo[-1] = (f"free {ifb} (down, then unplug)", lambda: nl.free_ifb(ifb))
     with run.at("add ingress qdisc"):
         nl.add_ingress(vif)
         run.undo.append((f"remove ingress of {vif}", lambda: nl.remove_ingress(vif)))
     with run.at("add redirect filter"):
         nl.add_redirect(vif, ifb, config.protocols)
+    _publish(run, xs)
+
+
+def _publish(run: Run, xs: Xenstore) -> None:
     with run.at("publish to xenstore"):
         # libxl takes any hotplug-error as failure: drop a stale one from an earlier run.
         xs.remove(f"{run.request.xenbus_path}/hotplug-error")
         xs.write(f"{run.request.xenbus_path}/hotplug-status", "connected")
+
+
+def _refuse_ifb_as_vif(nl: Netlink, vif: str) -> None:
+    link = nl.link(vif)
+    if link is not None and link.kind == "ifb":
+        raise KernelError(detail=f"vifname {vif} is an IFB, not a vif: refusing")
+
+
+def _whole_netbuf(run: Run, xs: Xenstore, nl: Netlink) -> str | None:
+    """The IFB of this path's claim if that netbuf is whole already (its IFB plugged, the vif
+    redirecting to it): a setup run again has nothing to change, as a teardown run again."""
+    with run.at("read claim"):
+        claim = xs.read(f"{run.request.xenbus_path}/ifb")
+        if claim is None:
+            return None
+        ifb = nl.ifb(claim)
+        if ifb is None or ifb.root_qdisc != "plug":
+            return None
+        if claim not in {r.ifb for r in nl.redirects(run.request.vif)}:
+            return None
+    run.ifb = claim
+    return claim
 
 
 def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
@@ -129,7 +168,8 @@ def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
     with run.at("pick IFB"):
         names = nl.link_names()
 
-        def choose_and_claim(tx: Xenstore) -> tuple[str, bool, bool]:
+        def choose_and_claim(tx: Xenstore) -> tuple[str, bool, bool, str | None]:
+            old = tx.read(f"{path}/ifb")
             claims = tx.claims()
             live = tx.live_domids()
             choice = pick_ifb(names, claims, live, path, nl.ifb)
@@ -140,12 +180,18 @@ def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
                 taken = names | {c.ifb for c in live_claims(claims, live)}
                 name, create = next_ifb_name(taken), True
             tx.write(f"{path}/ifb", name)
-            return name, create, choice.up
+            return name, create, choice.up, old
 
-        name, create, was_up = xs.transaction(choose_and_claim)
+        name, create, was_up, old = xs.transaction(choose_and_claim)
         run.ifb = name
-        run.undo.append((f"remove claim {path}/ifb", lambda: xs.remove(f"{path}/ifb")))
-        log.info("%s: claimed %s (%s/ifb)", run.request.vif, name, path)
+        if old is None:
+            run.undo.append((f"remove claim {path}/ifb", lambda: xs.remove(f"{path}/ifb")))
+            log.info("%s: claimed %s (%s/ifb)", run.request.vif, name, path)
+        else:  # an earlier claim of this path, not whole: replaced, and restored on failure
+            run.undo.append(
+                (f"restore claim {path}/ifb = {old}", partial(xs.write, f"{path}/ifb", old))
+            )
+            log.info("%s: claimed %s (%s/ifb, was %s)", run.request.vif, name, path, old)
     if create:
         with run.at("create IFB"):
             nl.create_ifb(name)
@@ -153,33 +199,46 @@ def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
     return was_up
 
 
-def teardown(request: Request, config: Config, environ: Mapping[str, str]) -> None:
-    """Undo the netbuf of ``request``: idempotent, and never touches another claim's IFB."""
+def teardown(request: Request, config: Callable[[], Config], environ: Mapping[str, str]) -> None:
+    """Undo the netbuf of ``request``: idempotent, and never touches another claim's IFB.
+
+    The guest is freed first: the vif's ingress (and so its redirect into the plug) goes before
+    the config is read and before xenstore is asked anything, so that neither a broken config
+    nor a lost xenstored leaves the guest's output held. Later failures are still reported.
+    """
     run = Run(request, ifb=request.remus_ifb, kill_at=environ.get(KILL_AT_ENV))
     path = request.xenbus_path
     problems: list[tuple[str, str]] = []
-    with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs, ExitStack() as stack:
+    with ExitStack() as stack:
+        nl = None
+        if link_exists(request.vif):
+            with run.at("open netlink"):
+                nl = stack.enter_context(Netlink())
+            with run.at("check vif"):
+                _refuse_ifb_as_vif(nl, request.vif)
+            # The vif is this netbuf's alone: no lock needed to stop its redirect.
+            _attempt(run, "remove ingress qdisc", partial(nl.remove_ingress, request.vif), problems)
+        lock_dir = config().lock_dir
+        with run.at("connect to xenstore"):
+            xs = stack.enter_context(Xenstore(socket_path(environ)))
         with run.at("read claim"):
             own = xs.read(f"{path}/ifb")
         run.ifb = request.remus_ifb or own
         plan = plan_teardown(request.remus_ifb, own, ())
-        nl = None
-        if link_exists(request.vif) or (plan.free_ifb is not None and link_exists(plan.free_ifb)):
+        if nl is None and plan.free_ifb is not None and link_exists(plan.free_ifb):
             with run.at("open netlink"):
                 nl = stack.enter_context(Netlink())
-        if nl is not None:  # the vif is this netbuf's alone: no lock needed to stop its redirect
-            _attempt(run, "remove ingress qdisc", partial(nl.remove_ingress, request.vif), problems)
         if plan.remove_claim:
             # Freeing the IFB and dropping the claim happen together under the lock, so that
             # no setup sees the IFB free while it is still plugged, or claimed while it is free.
-            with run.at("take pickifb lock"), pickifb_lock(config.lock_dir):
+            with run.at("take pickifb lock"), pickifb_lock(lock_dir):
                 with run.at("read claims"):
                     others = {
                         c.ifb for c in live_claims(xs.claims(), xs.live_domids()) if c.path != path
                     }
                 plan = plan_teardown(request.remus_ifb, own, others)
                 if nl is not None and plan.free_ifb is not None and link_exists(plan.free_ifb):
-                    _free_ifb(run, nl, plan.free_ifb, problems)
+                    _attempt(run, "free IFB", partial(nl.free_ifb, plan.free_ifb), problems)
                 _attempt(run, "remove claim", partial(xs.remove, f"{path}/ifb"), problems)
         log.info("%s: teardown: %s", request.vif, plan.why)
         for node in ("hotplug-status", "hotplug-error"):
@@ -190,11 +249,6 @@ def teardown(request: Request, config: Config, environ: Mapping[str, str]) -> No
         raise run.failure(detail + more)
 
 
-def _free_ifb(run: Run, nl: Netlink, ifb: str, problems: list[tuple[str, str]]) -> None:
-    _attempt(run, "remove plug qdisc", partial(nl.remove_plug, ifb), problems)
-    _attempt(run, "bring IFB down", partial(nl.set_up, ifb, False), problems)
-
-
 def _attempt(
     run: Run, step: str, action: Callable[[], object], problems: list[tuple[str, str]]
 ) -> None:
@@ -203,5 +257,5 @@ def _attempt(
         with run.at(step):
             action()
     except StepFailed as err:
-        log.error("%s", err)
+        log.error("%s", err, extra=SECONDARY)  # the final line reports it, counted
         problems.append((step, err.fields["detail"]))

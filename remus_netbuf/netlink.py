@@ -95,11 +95,24 @@ class QdiscStats:
 
 @dataclass(frozen=True)
 class Redirect:
-    """An ingress filter on a vif that redirects to a device (``ifb`` is None if it is gone)."""
+    """An ingress filter key: a redirect to device ``ifb``, or (``other``) a key that does
+    something else."""
 
     protocol: str
     pref: int
     ifb: str | None
+    other: bool = False
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What :meth:`Netlink.survey` saw: link kinds by name, the IFBs, root qdisc counters by
+    device, the ingress filters by device."""
+
+    kinds: dict[str, str | None]
+    ifbs: list[Ifb]
+    stats: dict[str, QdiscStats]
+    filters: dict[str, list[Redirect]]
 
 
 def link_exists(name: str) -> bool:
@@ -169,7 +182,9 @@ class Netlink:
         if link is None or link.kind != "ifb":
             return None
         root = self._qdisc(link.index, TC_H_ROOT, name)
-        return Ifb(name, None if root is None else root.get_attr("TCA_KIND"), link.up)
+        if root is None:
+            return Ifb(name, None, link.up)
+        return Ifb(name, root.get_attr("TCA_KIND"), link.up, added_root=root["handle"] != 0)
 
     def root_qdisc(self, name: str) -> str | None:
         """Kind of the root qdisc on ``name``; None if the device is gone or has the kernel's
@@ -184,48 +199,64 @@ class Netlink:
 
     def redirects(self, vif: str) -> list[Redirect]:
         """The mirred egress redirects on ``vif``'s ingress, with the device they point at."""
-        index = self._index(vif)
         if not self.has_ingress(vif):
             return []
-        with self._request(f"list filters of {vif}"):
-            filters = self._ipr.tc("get-filter", index=index, parent=INGRESS_PARENT)
         names = {link.index: link.name for link in self.links()}
-        protocols = {socket.htons(v): k for k, v in ETH_P.items()}
+        return [f for f in self._filters(self._index(vif), vif, names) if f.ifb is not None]
+
+    def ingress_filters(self, dev: str) -> list[Redirect]:
+        """Every filter key on ``dev``'s ingress (see :meth:`_filters`); none without one."""
+        if self._index(dev, missing_ok=True) is None or not self.has_ingress(dev):
+            return []
+        names = {link.index: link.name for link in self.links()}
+        return self._filters(self._index(dev), dev, names)
+
+    def _filters(self, index: int, name: str, names: dict[int, str]) -> list[Redirect]:
+        """Every filter key on a device's ingress: its redirect target, or None for a key that
+        does anything else (a policer, a classifier of someone's shaping)."""
+        with self._request(f"list filters of {name}"):
+            msgs = self._ipr.tc("get-filter", index=index, parent=INGRESS_PARENT)
         found = []
-        for msg in filters:
-            for target in _mirred_targets(msg):
-                proto = msg["info"] & 0xFFFF
-                found.append(
-                    Redirect(protocols.get(proto, hex(proto)), msg["info"] >> 16, names.get(target))
-                )
+        for msg in msgs:
+            proto = _PROTOCOL_NAMES.get(msg["info"] & 0xFFFF, hex(msg["info"] & 0xFFFF))
+            pref = msg["info"] >> 16
+            targets = list(_mirred_targets(msg))
+            if not targets and _is_key(msg):
+                found.append(Redirect(proto, pref, None, other=True))
+            for target in targets:
+                found.append(Redirect(proto, pref, names.get(target, f"#{target}")))
         return found
 
-    def survey(self) -> tuple[list[Ifb], dict[str, QdiscStats], dict[str, set[str]]]:
-        """One look at everything netbufs use: the IFBs, the counters of their root qdiscs, and
-        which IFBs each device's ingress redirects to. One link dump and one qdisc dump, plus a
+    def survey(self) -> Survey:
+        """One look at everything netbufs use: every link's kind, the IFBs, the counters of
+        root qdiscs, and each device's ingress filters. One link dump and one qdisc dump, plus a
         filter dump per device that has an ingress qdisc."""
         links = {link.index: link for link in self.links()}
         with self._request("list qdiscs"):
             qdiscs = list(self._ipr.get_qdiscs())
         roots = {q["index"]: q for q in qdiscs if q["parent"] == TC_H_ROOT}
         ifbs = [
-            Ifb(link.name, roots[i].get_attr("TCA_KIND") if i in roots else None, link.up)
+            Ifb(
+                link.name,
+                roots[i].get_attr("TCA_KIND") if i in roots else None,
+                link.up,
+                added_root=i in roots and roots[i]["handle"] != 0,
+            )
             for i, link in links.items()
             if link.kind == "ifb"
         ]
         stats = {
             links[i].name: _stats(q) for i, q in roots.items() if i in links and q["handle"] != 0
         }
-        redirects: dict[str, set[str]] = {}
+        names = {i: link.name for i, link in links.items()}
+        filters: dict[str, list[Redirect]] = {}
         for q in qdiscs:
             if q.get_attr("TCA_KIND") != "ingress" or q["index"] not in links:
                 continue
             name = links[q["index"]].name
-            with self._request(f"list filters of {name}"):
-                filters = self._ipr.tc("get-filter", index=q["index"], parent=INGRESS_PARENT)
-            targets = {t for msg in filters for t in _mirred_targets(msg)}
-            redirects[name] = {links[t].name for t in targets if t in links}
-        return ifbs, stats, redirects
+            filters[name] = self._filters(q["index"], name, names)
+        kinds = {link.name: link.kind for link in links.values()}
+        return Survey(kinds, ifbs, stats, filters)
 
     def stats(self, name: str) -> QdiscStats | None:
         """Counters of the root qdisc on ``name`` (None if only the default is there)."""
@@ -257,6 +288,34 @@ class Netlink:
         self._say(ifb, f"{self._tc} qdisc add dev {ifb} root plug limit {limit}")
         with self._request(f"add plug to {ifb}", lacks=_LACKS_QDISC["plug"]):
             self._ipr.tc("add", "plug", self._index(ifb), limit=limit)
+
+    def free_ifb(self, ifb: str) -> None:
+        """Leave ``ifb`` as a fresh one: down first, then its plug removed. In that order the
+        kernel attaches no default qdisc (it would, to a device still up), so Xen's own script,
+        which counts an IFB with any qdisc as busy, can take it again."""
+        link = self.link(ifb)
+        if link is None:
+            return
+        if link.kind != "ifb":
+            raise KernelError(detail=f"{ifb} is not an IFB (kind {link.kind}): left untouched")
+        if link.up:
+            self.set_up(ifb, False)
+        self.remove_plug(ifb)
+
+    def remove_redirect(self, vif: str, pref: int, protocol: str) -> None:
+        """Delete the filters at ``pref``/``protocol`` of ``vif``'s ingress, then the ingress
+        qdisc if no filter is left on it."""
+        index = self._index(vif)
+        self._say(
+            vif, f"{self._tc} filter del dev {vif} parent ffff: protocol {protocol} pref {pref}"
+        )
+        with self._request(f"remove the redirect filter of {vif}"):
+            # tcm_info carries pref and protocol; pyroute2 drops prio= without a kind
+            info = (pref << 16) | socket.htons(ETH_P[protocol])
+            self._ipr.tc("del-filter", index=index, parent=INGRESS_PARENT, info=info)
+        names = {index: vif}
+        if not self._filters(index, vif, names):
+            self.remove_ingress(vif)
 
     def remove_plug(self, ifb: str) -> bool:
         """Delete the root qdisc of ``ifb`` if it is a plug; False if there was none."""
@@ -469,6 +528,15 @@ def _missing(lacks: tuple[str, str], text: str) -> tuple[str, str]:
 def _link(msg: Any) -> Link:
     kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
     return Link(msg["index"], msg.get_attr("IFLA_IFNAME"), kind, bool(msg["flags"] & 1))
+
+
+_PROTOCOL_NAMES = {socket.htons(v): k for k, v in ETH_P.items()}
+
+
+def _is_key(msg: Any) -> bool:
+    """Whether a u32 filter message is a key (it matches), not a hash table or divisor."""
+    options = msg.get_attr("TCA_OPTIONS")
+    return options is not None and options.get_attr("TCA_U32_SEL") is not None
 
 
 def _mirred_targets(msg: Any) -> Iterator[int]:

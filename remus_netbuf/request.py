@@ -69,9 +69,16 @@ def xenbus_ids(path: str) -> tuple[int, int]:
 
 
 def valid_xenbus_path(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
-    """The XENBUS_PATH in force if it is valid, else None: where hotplug-error may be written."""
+    """The XENBUS_PATH in force if it is valid, else None: where hotplug-error may be written.
+
+    Read leniently, past any other bad word, so that an invocation rejected for an unknown
+    argument still reports to its own netbuf."""
+    path = environ.get("XENBUS_PATH")
+    for word in argv[1:]:
+        name, sep, value = word.partition("=")
+        if sep and name == "XENBUS_PATH":
+            path = value
     try:
-        path = _variables(argv, environ).get("XENBUS_PATH")
         if path is not None:
             xenbus_ids(path)
         return path

@@ -12,7 +12,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from .audit import Plugged, Row, Snapshot, anomalies, rows, vif_name
+from .audit import Anomaly, Plugged, Repair, Row, Snapshot, anomalies, rows, vif_name
 from .netlink import Netlink
 from .xenstore import Xenstore
 
@@ -21,7 +21,7 @@ JSON_VERSION = 1
 BACKEND_VIF = "/local/domain/0/backend/vif"
 
 
-def scan(xs: Xenstore, nl: Netlink) -> Snapshot:
+def scan(xs: Xenstore, nl: Netlink, config_error: str | None = None) -> Snapshot:
     claims = xs.claims()
     live = xs.live_domids()
     vif_names = {
@@ -29,24 +29,27 @@ def scan(xs: Xenstore, nl: Netlink) -> Snapshot:
         for c in claims
     }
     hotplug_status = {c.path: xs.read(f"{c.path}/hotplug-status") or "" for c in claims}
-    ifbs, stats, redirects = nl.survey()
-    ifb_names = {i.name for i in ifbs}
+    seen = nl.survey()
+    ifb_names = {i.name for i in seen.ifbs}
     plugs = {
         name: Plugged(s.backlog_bytes, s.backlog_packets, s.drops)
-        for name, s in stats.items()
+        for name, s in seen.stats.items()
         if s.kind == "plug"
     }
-    to_ifbs = {
-        vif: targets & ifb_names for vif, targets in redirects.items() if targets & ifb_names
+    redirects = {
+        dev: {f.ifb for f in keys if f.ifb in ifb_names} for dev, keys in seen.filters.items()
     }
     return Snapshot(
         claims=claims,
         live_domids=live,
-        ifbs=ifbs,
+        ifbs=seen.ifbs,
         plugs=plugs,
-        redirects=to_ifbs,
+        redirects={dev: targets for dev, targets in redirects.items() if targets},
         vif_names=vif_names,
         hotplug_status={k: v for k, v in hotplug_status.items() if v},
+        kinds=seen.kinds,
+        backend_vifs=xs.backend_vifs(BACKEND_VIF),
+        config_error=config_error,
     )
 
 
@@ -60,6 +63,11 @@ def report(snap: Snapshot) -> dict[str, Any]:
                 "kind": a.kind,
                 "detail": a.detail,
                 "gc": [str(r) for r in a.repairs],
+                "ifb": a.ifb,
+                "vif": a.vif,
+                "domid": a.domid,
+                "devid": a.devid,
+                "path": a.path,
             }
             for a in anomalies(snap)
         ],
@@ -109,9 +117,13 @@ def render_table(snap: Snapshot) -> str:
     lines.append("")
     lines.append(f"anomalies: {len(found) or 'none'}")
     for a in found:
-        fix = f"gc: {', '.join(map(str, a.repairs))}" if a.repairs else "gc leaves it: live netbuf"
+        fix = f"gc: {', '.join(map(str, a.repairs))}" if a.repairs else f"gc leaves it: {_left(a)}"
         lines.append(f"  {a.kind}: {a.detail} [{fix}]")
     return "\n".join(lines) + "\n"
+
+
+def _left(anomaly: Anomaly) -> str:
+    return "fix the file" if anomaly.kind == "bad-config" else "live netbuf"
 
 
 def gc(xs: Xenstore, nl: Netlink, dry_run: bool) -> list[str]:
@@ -128,20 +140,25 @@ def gc(xs: Xenstore, nl: Netlink, dry_run: bool) -> list[str]:
             verb = "would" if dry_run else "did"
             done.append(f"{verb} {repair}: {anomaly.kind}: {anomaly.detail}")
             if not dry_run:
-                _apply(xs, nl, repair.action, repair.target)
+                _apply(xs, nl, repair)
     return done
 
 
-def _apply(xs: Xenstore, nl: Netlink, action: str, target: str) -> None:
-    if action == "remove-claim":
+def _apply(xs: Xenstore, nl: Netlink, repair: Repair) -> None:
+    target = repair.target
+    if repair.action == "remove-claim":
         for node in ("ifb", "hotplug-status", "hotplug-error"):
             log.info("%s: xenstore-rm %s/%s", target, target, node)
             xs.remove(f"{target}/{node}")
-    elif action == "unplug":
-        nl.remove_plug(target)
-        if nl.link(target) is not None:
-            nl.set_up(target, False)
-    elif action == "remove-ingress":
-        nl.remove_ingress(target)
+    elif repair.action == "unplug":
+        nl.free_ifb(target)  # down, then the plug: left as a fresh IFB
+    elif repair.action == "remove-redirect":
+        keys = nl.ingress_filters(target)
+        for pref, protocol in sorted({(k.pref, k.protocol) for k in keys if k.ifb == repair.to}):
+            group = [k for k in keys if (k.pref, k.protocol) == (pref, protocol)]
+            if all(k.ifb == repair.to for k in group):  # only ever a whole filter of ours
+                nl.remove_redirect(target, pref, protocol)
+            else:
+                log.warning("%s: pref %d %s also does other things: left", target, pref, protocol)
     else:
-        raise ValueError(action)
+        raise ValueError(repair.action)

@@ -139,6 +139,23 @@ class Xenstore:
             if value
         ]
 
+    def backend_vifs(self, backend: str = "/local/domain/0/backend/vif") -> set[str]:
+        """The names of dom0's backend vifs: each ``<domid>/<devid>``'s ``vifname`` if set,
+        else libxl's ``vif<domid>.<devid>``. Three round trips, as the claim walk."""
+        domids = [d for d in self.children(backend) if _number(d)]
+        listed = self._call_many("list", Op.DIRECTORY, [f"{backend}/{d}" for d in domids])
+        vifs = [
+            (domid, devid)
+            for domid, names in zip(domids, listed, strict=True)
+            for devid in _names(names)
+            if _number(devid)
+        ]
+        custom = self._call_many("read", Op.READ, [f"{backend}/{d}/{n}/vifname" for d, n in vifs])
+        return {
+            value.decode("ascii", "replace") if value else f"vif{d}.{n}"
+            for (d, n), value in zip(vifs, custom, strict=True)
+        }
+
     def transaction(self, body: Callable[[Xenstore], T]) -> T:
         """Run ``body`` in a transaction, again from the start whenever the commit hits EAGAIN."""
         reconnected = False

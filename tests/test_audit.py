@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remus_netbuf.audit import (
+    VIF_NAME,
     Anomaly,
     Plugged,
     Repair,
@@ -28,7 +29,9 @@ from remus_netbuf.audit import (
 from remus_netbuf.decide import Claim, Ifb, netbuf_path
 
 KIND_ORDER = [
+    "bad-config",
     "dead-domain-claim",
+    "claim-not-ifb",
     "claim-without-plug",
     "claim-without-redirect",
     "unclaimed-plug",
@@ -48,6 +51,9 @@ class World:
     redirects: dict[str, set[str]] = field(default_factory=dict)
     vif_names: dict[str, str] = field(default_factory=dict)
     hotplug: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str | None] = field(default_factory=dict)
+    backend_vifs: set[str] = field(default_factory=set)
+    config_error: str | None = None
 
     def netbuf(
         self,
@@ -96,6 +102,9 @@ class World:
             redirects={vif: set(targets) for vif, targets in self.redirects.items()},
             vif_names=dict(self.vif_names),
             hotplug_status=dict(self.hotplug),
+            kinds=dict(self.kinds),
+            backend_vifs=set(self.backend_vifs),
+            config_error=self.config_error,
         )
 
 
@@ -205,6 +214,10 @@ def test_dead_domain_claim_is_repaired_by_removing_the_claim() -> None:
         "dead-domain-claim",
         "/libxl/7/remus/netbuf/0/ifb = ifb9, but domain 7 does not exist",
         [Repair("remove-claim", "/libxl/7/remus/netbuf/0")],
+        ifb="ifb9",
+        domid=7,
+        devid=0,
+        path="/libxl/7/remus/netbuf/0",
     )
     assert str(anomaly.repairs[0]) == "remove-claim /libxl/7/remus/netbuf/0"
 
@@ -217,7 +230,7 @@ def test_dead_domains_whole_netbuf_is_undone_by_gc() -> None:
     assert repairs(found) == [
         "remove-claim /libxl/7/remus/netbuf/0",
         "unplug ifb0",
-        "remove-ingress vif7.0",
+        "remove-redirect vif7.0 to ifb0",
     ]
     assert only(found, "unclaimed-plug").detail == "ifb0 has a plug but no live netbuf claims it"
 
@@ -264,24 +277,72 @@ def test_unclaimed_redirect_on_a_vif_of_no_netbuf_is_removed() -> None:
     assert anomaly == Anomaly(
         "unclaimed-redirect",
         "vif9.0 redirects to ifb0, which no live netbuf claims for it",
-        [Repair("remove-ingress", "vif9.0")],
+        [Repair("remove-redirect", "vif9.0", "ifb0")],
+        ifb="ifb0",
+        vif="vif9.0",
+    )
+
+
+def test_a_redirect_that_is_not_a_netbufs_leftover_is_no_anomaly() -> None:
+    """An admin's shaping: from a device that is no vif, or into an IFB with a root of its
+    own. Only a vif's redirect into a plugged or bare IFB is a netbuf's leftover."""
+    world = World().plug("ifb0").ifb("ifb1", "tbf", up=True)
+    world.ifbs["ifb1"] = Ifb("ifb1", "tbf", True, added_root=True)
+    world.ifb("ifb-shape", "tbf").redirect("eth1", "ifb0").redirect("eth2", "ifb-shape")
+    world.redirect("vif3.1", "ifb1")  # a live guest's vif without netbuf, shaped through ifb1
+    found = anomalies(world.snapshot())
+    assert kinds(found) == ["unclaimed-plug"]  # ifb0's plug; eth1 and vif3.1 left alone
+    world.backend_vifs.add("web7")  # dom0's backend names this vif: a vif after all
+    world.redirect("web7", "ifb0")
+    assert repairs([only(anomalies(world.snapshot()), "unclaimed-redirect")]) == [
+        "remove-redirect web7 to ifb0"
+    ]
+
+
+def test_a_claim_on_a_device_that_is_no_ifb_is_its_own_anomaly() -> None:
+    world = World().claim(3, 0, "eth1")
+    world.kinds.update({"eth1": "veth", "ifb0": "ifb"})
+    (anomaly,) = anomalies(world.snapshot())
+    assert (anomaly.kind, anomaly.ifb, anomaly.domid, anomaly.repairs) == (
+        "claim-not-ifb",
+        "eth1",
+        3,
+        [],
+    )
+    assert "no IFB (kind veth)" in anomaly.detail
+
+
+def test_a_broken_config_is_an_anomaly() -> None:
+    world = World()
+    world.config_error = "config /etc/xen/remus-netbuf.conf:3: unknown key 'plug_limt'"
+    (anomaly,) = anomalies(world.snapshot())
+    assert (anomaly.kind, anomaly.detail, anomaly.repairs) == (
+        "bad-config",
+        world.config_error,
+        [],
     )
 
 
 def test_unclaimed_redirect_beside_a_live_one_is_left_alone() -> None:
-    """Removing the stray would mean deleting the vif's ingress, live redirect and all."""
+    """gc never touches a live netbuf's vif: the admin tears it down."""
     world = World().netbuf(3, 0, "ifb0").ifb("ifb5").ifb("ifb4")
     world.redirect("vif3.0", "ifb5").redirect("vif3.0", "ifb4")
-    (anomaly,) = anomalies(world.snapshot())
-    assert anomaly.kind == "unclaimed-redirect"
-    assert anomaly.detail == "vif3.0 redirects to ifb4, ifb5, which no live netbuf claims for it"
-    assert anomaly.repairs == []
+    found = anomalies(world.snapshot())
+    assert kinds(found) == ["unclaimed-redirect", "unclaimed-redirect"]
+    assert [a.detail for a in found] == [
+        "vif3.0 redirects to ifb4, which no live netbuf claims for it",
+        "vif3.0 redirects to ifb5, which no live netbuf claims for it",
+    ]
+    assert repairs(found) == []
 
 
 def test_redirect_into_a_live_netbufs_ifb_from_another_vif_is_stray() -> None:
     world = World().netbuf(3, 0, "ifb0").redirect("vif4.0", "ifb0")
     (anomaly,) = anomalies(world.snapshot())
-    assert (anomaly.kind, repairs([anomaly])) == ("unclaimed-redirect", ["remove-ingress vif4.0"])
+    assert (anomaly.kind, repairs([anomaly])) == (
+        "unclaimed-redirect",
+        ["remove-redirect vif4.0 to ifb0"],
+    )
 
 
 def test_custom_vifname_owns_its_redirect_and_the_default_name_does_not() -> None:
@@ -289,7 +350,10 @@ def test_custom_vifname_owns_its_redirect_and_the_default_name_does_not() -> Non
     assert anomalies(world.snapshot()) == []
     world.redirect("vif3.0", "ifb0")  # the name libxl would have used, had there been no vifname
     (anomaly,) = anomalies(world.snapshot())
-    assert (anomaly.kind, repairs([anomaly])) == ("unclaimed-redirect", ["remove-ingress vif3.0"])
+    assert (anomaly.kind, repairs([anomaly])) == (
+        "unclaimed-redirect",
+        ["remove-redirect vif3.0 to ifb0"],
+    )
 
 
 def test_unclaimed_redirects_in_natural_vif_order() -> None:
@@ -297,9 +361,9 @@ def test_unclaimed_redirects_in_natural_vif_order() -> None:
     for vif in ("vif10.0", "vif2.0", "vif2.1"):
         world.redirect(vif, "ifb0")
     assert repairs(anomalies(world.snapshot())) == [
-        "remove-ingress vif2.0",
-        "remove-ingress vif2.1",
-        "remove-ingress vif10.0",
+        "remove-redirect vif2.0 to ifb0",
+        "remove-redirect vif2.1 to ifb0",
+        "remove-redirect vif10.0 to ifb0",
     ]
 
 
@@ -352,8 +416,8 @@ def test_every_kind_grouped_in_a_fixed_order() -> None:
         "remove-claim /libxl/7/remus/netbuf/0",
         "unplug ifb1",
         "unplug ifb10",
-        "remove-ingress vif7.0",
-        "remove-ingress vif9.0",
+        "remove-redirect vif7.0 to ifb1",
+        "remove-redirect vif9.0 to ifb6",
     ]
 
 
@@ -375,7 +439,9 @@ def test_anomalies_do_not_depend_on_the_order_claims_were_made() -> None:
     snap = world.snapshot()
     backwards = replace(snap, claims=snap.claims[::-1])
     assert anomalies(snap) == anomalies(backwards)
-    first_kinds = [a for a in anomalies(snap) if a.kind in KIND_ORDER[:2]]
+    first_kinds = [
+        a for a in anomalies(snap) if a.kind in ("dead-domain-claim", "claim-without-plug")
+    ]
     assert [a.detail.split("/ifb")[0] for a in first_kinds] == [
         "/libxl/3/remus/netbuf/0",
         "/libxl/12/remus/netbuf/0",
@@ -439,9 +505,9 @@ def test_gc_repairs_only_what_belongs_to_no_live_netbuf(snap: Snapshot) -> None:
             elif repair.action == "unplug":
                 assert repair.target not in live_ifbs
             else:
-                assert repair.action == "remove-ingress"
-                carried = {(repair.target, i) for i in snap.redirects.get(repair.target, ())}
-                assert not carried & live_pairs, "gc would cut a live netbuf's redirect"
+                assert repair.action == "remove-redirect"
+                assert (repair.target, repair.to) not in live_pairs, "gc would cut a live one"
+                assert repair.target not in {v for v, _ in live_pairs}, "a live netbuf's vif"
 
 
 @settings(max_examples=300, deadline=None)
@@ -456,8 +522,11 @@ def test_every_dead_claim_unclaimed_plug_and_stray_redirect_is_found(snap: Snaps
     plugged = {i.name for i in snap.ifbs if i.root_qdisc == "plug"} - {c.ifb for c in live}
     assert {r.target for a in found for r in a.repairs if r.action == "unplug"} == plugged
     pairs = {(snap.vif_names[c.path], c.ifb) for c in live}
-    stray = {v for v, targets in snap.redirects.items() if {(v, i) for i in targets} - pairs}
-    assert {d.detail.split(" ")[0] for d in found if d.kind == "unclaimed-redirect"} == stray
+    ifbs = {i.name for i in snap.ifbs}
+    vifs = set(snap.vif_names.values()) | snap.backend_vifs
+    redirects = {v: t for v, t in snap.redirects.items() if v in vifs or VIF_NAME.fullmatch(v)}
+    stray = {(v, i) for v, targets in redirects.items() for i in targets & ifbs} - pairs
+    assert {(d.vif, d.ifb) for d in found if d.kind == "unclaimed-redirect"} == stray
 
 
 @settings(max_examples=100, deadline=None)

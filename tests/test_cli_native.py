@@ -207,18 +207,35 @@ def expected_row(bed: Bed, domid: int, vif: str, ifb: str, live: bool = True) ->
     }
 
 
+NAMES = {"ifb": None, "vif": None, "domid": None, "devid": None, "path": None}
 MIXED_ANOMALIES = [
     {
         "kind": "dead-domain-claim",
         "detail": f"{PATH7}/ifb = ifb1, but domain 7 does not exist",
         "gc": [f"remove-claim {PATH7}"],
+        **NAMES,
+        **{"ifb": "ifb1", "domid": 7, "devid": 0, "path": PATH7},
     },
-    {"kind": "claim-without-plug", "detail": f"{PATH5}/ifb = ifb0, which has no plug", "gc": []},
-    {"kind": "claim-without-plug", "detail": f"{PATH6}/ifb = ifb3, which has no plug", "gc": []},
+    {
+        "kind": "claim-without-plug",
+        "detail": f"{PATH5}/ifb = ifb0, which has no plug",
+        "gc": [],
+        **NAMES,
+        **{"ifb": "ifb0", "domid": 5, "devid": 0, "path": PATH5},
+    },
+    {
+        "kind": "claim-without-plug",
+        "detail": f"{PATH6}/ifb = ifb3, which has no plug",
+        "gc": [],
+        **NAMES,
+        **{"ifb": "ifb3", "domid": 6, "devid": 0, "path": PATH6},
+    },
     {
         "kind": "unclaimed-redirect",
         "detail": "vif8.0 redirects to ifb2, which no live netbuf claims for it",
-        "gc": ["remove-ingress vif8.0"],
+        "gc": ["remove-redirect vif8.0 to ifb2"],
+        **NAMES,
+        **{"ifb": "ifb2", "vif": "vif8.0"},
     },
 ]
 
@@ -288,7 +305,7 @@ def test_gc_dry_run_changes_nothing_and_says_what_it_would_do(mixed: Bed) -> Non
         f"would remove-claim {PATH7}: dead-domain-claim: {MIXED_ANOMALIES[0]['detail']}",
         f"left alone (live netbuf): claim-without-plug: {MIXED_ANOMALIES[1]['detail']}",
         f"left alone (live netbuf): claim-without-plug: {MIXED_ANOMALIES[2]['detail']}",
-        f"would remove-ingress vif8.0: unclaimed-redirect: {MIXED_ANOMALIES[3]['detail']}",
+        f"would remove-redirect vif8.0 to ifb2: unclaimed-redirect: {MIXED_ANOMALIES[3]['detail']}",
     ]
     assert "tc qdisc del" not in result.stderr
 
@@ -301,10 +318,13 @@ def test_gc_repairs_the_dead_and_the_unclaimed_and_leaves_the_live(mixed: Bed) -
     assert result.stdout.splitlines()[0] == (
         f"did remove-claim {PATH7}: dead-domain-claim: {MIXED_ANOMALIES[0]['detail']}"
     )
-    assert f"did remove-ingress vif8.0: unclaimed-redirect: {MIXED_ANOMALIES[3]['detail']}" in (
-        result.stdout.splitlines()
+    assert (
+        f"did remove-redirect vif8.0 to ifb2: unclaimed-redirect: {MIXED_ANOMALIES[3]['detail']}"
+        in result.stdout.splitlines()
     )
-    assert "vif8.0: tc qdisc del dev vif8.0 ingress" in result.stderr  # the replayable log line
+    # the replayable log lines: that one filter, then the ingress qdisc it leaves empty
+    assert "vif8.0: tc filter del dev vif8.0 parent ffff: protocol all pref 10" in result.stderr
+    assert "vif8.0: tc qdisc del dev vif8.0 ingress" in result.stderr
     # the dead domain's claim and status nodes are gone, the vif's stray redirect too
     assert bed.subtree(f"{PATH7}/") == {}
     assert not bed.has_ingress("vif8.0")

@@ -39,8 +39,11 @@ ROUNDS = 20  # 16 setups at once, then 16 teardowns at once
 GC_ROUNDS = 1  # the same with gc runs among them
 CRASH_BATCHES = 4  # one setup killed at every step: 11 kills, 10 with a free IFB for each
 MIN_KILLS = 42
-BOUND = scaled(20.0)  # seconds a run may take before it counts as a hang
-LOCK_TIMEOUT = scaled(8.0)
+# Hang bounds, not speed targets. The guest's measured slowdown is of pure Python (5x in an idle
+# TCG VM); netlink, forks and the stand-in's socket are slower still there: 16 setups queued on
+# the lock took 38 s in one CI run, past a 40 s lock timeout.
+BOUND = scaled(60.0)  # seconds a run may take before it counts as a hang
+LOCK_TIMEOUT = scaled(30.0)
 SETUP_STEPS = [
     "connect to xenstore",
     "check vif",

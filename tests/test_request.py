@@ -240,8 +240,15 @@ def test_valid_xenbus_path_follows_arguments() -> None:
 def test_valid_xenbus_path_absent_or_unparsable() -> None:
     assert valid_xenbus_path(["setup"], {}) is None
     assert valid_xenbus_path([], {}) is None
-    assert valid_xenbus_path(["setup", "noequals"], ENV) is None
-    assert valid_xenbus_path(["setup", "bogus=1"], ENV) is None
+    assert valid_xenbus_path(["setup", "XENBUS_PATH=/libxl/x"], ENV) is None
+
+
+def test_valid_xenbus_path_survives_bad_arguments() -> None:
+    """An invocation rejected for an unknown argument still reports to its own netbuf."""
+    assert valid_xenbus_path(["setup", "noequals"], ENV) == PATH
+    assert valid_xenbus_path(["setup", "bogus=1"], ENV) == PATH
+    other = "/libxl/4/remus/netbuf/1"
+    assert valid_xenbus_path(["setup", "FOO=1", f"XENBUS_PATH={other}"], ENV) == other
 
 
 def test_valid_xenbus_path_ignores_other_problems() -> None:

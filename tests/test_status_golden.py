@@ -27,26 +27,38 @@ diff before committing it).
           "hotplug_status": "connected"  # .../hotplug-status; null when absent or empty
         }
       ],
-      "anomalies": [           # grouped by kind in this order, then by name:
-        {                      #   dead-domain-claim, claim-without-plug,
+      "anomalies": [           # grouped by kind in this order, then by name: bad-config,
+        {                      #   dead-domain-claim, claim-not-ifb, claim-without-plug,
                                #   claim-without-redirect, unclaimed-plug,
                                #   unclaimed-redirect, double-claim
           "kind": "unclaimed-plug",
           "detail": "ifb10 has a plug but no live netbuf claims it",   # one line, for people
-          "gc": ["unplug ifb10"]  # what `remus-netbuf gc` does about it, each "ACTION TARGET":
-        }                         #   "remove-claim <netbuf path>", "unplug <ifb>",
-      ]                           #   "remove-ingress <vif>"; [] when it belongs to a live
-    }                             #   netbuf: gc leaves it for the admin
+          "gc": ["unplug ifb10"],  # what `remus-netbuf gc` does about it, each "ACTION TARGET":
+                                   #   "remove-claim <netbuf path>", "unplug <ifb>",
+                                   #   "remove-redirect <vif> to <ifb>"; [] when it belongs to
+                                   #   a live netbuf: gc leaves it for the admin
+          "ifb": "ifb10",      # what it names, for monitors; null where it does not apply:
+          "vif": null,         #   the vif,
+          "domid": null,       #   the domain and device of the netbuf's claim,
+          "devid": null,
+          "path": null         #   the claim's /libxl/<domid>/remus/netbuf/<devid>
+        }
+      ]
+    }
 
-Anomaly kinds: ``dead-domain-claim`` (a claim of a domain that no longer exists; gc removes the
-claim with its hotplug-status and hotplug-error), ``claim-without-plug`` (a live claim whose IFB
+Anomaly kinds: ``bad-config`` (the configuration does not parse: setup, teardown and gc would
+fail on it), ``dead-domain-claim`` (a claim of a domain that no longer exists; gc removes the
+claim with its hotplug-status and hotplug-error), ``claim-not-ifb`` (a live claim names a device
+that is no IFB; teardown and gc never touch it), ``claim-without-plug`` (a live claim whose IFB
 is missing or has no plug; left alone), ``claim-without-redirect`` (a live claim whose IFB has
-its plug but whose vif does not redirect to it: the guest's output is not buffered; left
-alone), ``unclaimed-plug`` (an IFB with a plug that no live
-netbuf claims; gc unplugs it and brings it down), ``unclaimed-redirect`` (a vif's ingress
-redirects to an IFB that no live netbuf claims for that vif; gc removes the vif's ingress,
-unless the vif is a live netbuf's), ``double-claim`` (two live netbufs claim
-one IFB; left alone). Exit status: 0 no anomaly, 2 anomalies, 1 failure.
+its plug but whose vif does not redirect to it: the guest's output is not buffered; left alone),
+``unclaimed-plug`` (an IFB with a plug that no live netbuf claims; gc brings it down and unplugs
+it), ``unclaimed-redirect`` (a vif's ingress redirects to an IFB with a plug, or a bare one,
+that no live netbuf claims for that vif; gc removes that filter, and the ingress qdisc once no
+other filter is left, unless the vif is a live netbuf's; a redirect from a device that is no
+vif, or into an IFB with a root qdisc of its own, is someone's shaping and no anomaly),
+``double-claim`` (two live netbufs claim one IFB; left alone).
+Exit status: 0 no anomaly, 2 anomalies, 1 failure.
 """
 
 from __future__ import annotations
@@ -94,8 +106,9 @@ def every_anomaly() -> Snapshot:
             Claim(7, 0, "ifb1"),  # dead domain: claim, plug and redirect left behind
             Claim(8, 0, "ifb3"),
             Claim(9, 0, "ifb4"),  # claim-without-redirect: plugged, but vif9.0 bypasses it
+            Claim(10, 0, "eth1"),  # claim-not-ifb: a typo names dom0's uplink
         ],
-        live_domids={3, 4, 5, 6, 8, 9},
+        live_domids={3, 4, 5, 6, 8, 9, 10},
         ifbs=[
             Ifb("ifb0", "plug", True),
             Ifb("ifb1", "plug", True),
@@ -105,6 +118,7 @@ def every_anomaly() -> Snapshot:
             Ifb("ifb5", None),
             Ifb("ifb6", "pfifo_fast", True),
             Ifb("ifb10", "plug"),  # unclaimed-plug
+            Ifb("ifb11", "tbf", True, added_root=True),  # an admin's shaping: no anomaly
         ],
         plugs={
             "ifb0": Plugged(0, 0, 0),
@@ -118,6 +132,8 @@ def every_anomaly() -> Snapshot:
             "vif8.0": {"ifb3"},
             "vif7.0": {"ifb1"},  # the dead domain's
             "vif9.0": {"ifb6"},  # unclaimed-redirect on a vif of no netbuf
+            "eth1": {"ifb0"},  # no vif: someone's, no anomaly
+            "vif3.1": {"ifb11"},  # shaping through an IFB with its own root: no anomaly
         },
         vif_names={netbuf_path(d, 0): f"vif{d}.0" for d in (3, 4, 5, 6, 7, 8)},
         hotplug_status={
@@ -127,6 +143,8 @@ def every_anomaly() -> Snapshot:
             netbuf_path(7, 0): "connected",
             netbuf_path(8, 0): "error",
         },
+        kinds={"eth1": "veth", "ifb0": "ifb"},
+        config_error="config /etc/xen/remus-netbuf.conf:3: unknown key 'plug_limt'",
     )
 
 
@@ -186,4 +204,4 @@ def test_json_fields_are_the_documented_ones() -> None:
     for netbuf in doc["netbufs"]:
         assert set(netbuf) <= documented
     for anomaly in doc["anomalies"]:
-        assert set(anomaly) == {"kind", "detail", "gc"}
+        assert set(anomaly) == {"kind", "detail", "gc", "ifb", "vif", "domid", "devid", "path"}
