@@ -49,6 +49,7 @@ INGRESS_PARENT = 0xFFFF0000  # "ffff:", where ingress filters hang
 ETH_P = {"all": 0x0003, "ip": 0x0800}
 PROTOCOL_SETS = {"all": ("all",), "ip": ("ip",)}
 FILTER_PREF = 10  # the preference Xen's shell script uses
+PLUG_HANDLE = 0x52450000  # "5245:" ("RE"): the plug's own handle (see Netlink.add_plug)
 MIRRED_EGRESS_REDIRECT = 1
 TC_H_INGRESS = 0xFFFFFFF1  # where a device's ingress qdisc sits
 # tc's words for the plug actions -> TCQ_PLUG_* of linux/pkt_sched.h
@@ -285,9 +286,13 @@ class Netlink:
             self._ipr.link("set", index=self._index(name), state=state)
 
     def add_plug(self, ifb: str, limit: int) -> None:
-        self._say(ifb, f"{self._tc} qdisc add dev {ifb} root plug limit {limit}")
+        """A root plug with our own handle: the kernel then refuses it over any root qdisc but
+        its own default ("NLM_F_REPLACE needed to override"), where without a handle it would
+        replace someone's (seen on 6.1, with tc's own ``qdisc add`` too)."""
+        handle = f"{PLUG_HANDLE >> 16:x}:"
+        self._say(ifb, f"{self._tc} qdisc add dev {ifb} root handle {handle} plug limit {limit}")
         with self._request(f"add plug to {ifb}", lacks=_LACKS_QDISC["plug"]):
-            self._ipr.tc("add", "plug", self._index(ifb), limit=limit)
+            self._ipr.tc("add", "plug", self._index(ifb), handle=PLUG_HANDLE, limit=limit)
 
     def free_ifb(self, ifb: str) -> None:
         """Leave ``ifb`` as a fresh one: down first, then its plug removed. In that order the

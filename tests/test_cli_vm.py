@@ -1,4 +1,4 @@
-"""``remus-netbuf`` on a kernel with sch_plug (inside User-Mode Linux): what the host cannot show.
+"""``remus-netbuf`` on a kernel with sch_plug (in the kernel tier: a VM): what the host cannot show.
 
 A ``remus-netbuf`` process costs seconds in a TCG VM, so each test makes few of them and builds the
 rest of its state with ``tc``/``ip``. Packets come from a guest namespace (tests/packets.py);

@@ -104,7 +104,7 @@ def test_log_lines_are_replayable_commands(noplug: Bed) -> None:
     bed.domain(5)
     result = bed.hotplug("setup", VIF, PATH5)
     assert "ifb0: ip link set dev ifb0 up" in result.stderr
-    assert "ifb0: tc qdisc add dev ifb0 root plug limit 10000000" in result.stderr
+    assert "ifb0: tc qdisc add dev ifb0 root handle 5245: plug limit 10000000" in result.stderr
     assert "rollback: bring ifb0 down" in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""Output buffering proven on a kernel with sch_plug (runs inside User-Mode Linux).
+"""Output buffering proven on a kernel with sch_plug (the kernel tier: a VM).
 
 Driven the way libxl drives it: ``remus-netbuf-setup`` installs the netbuf, the plug API runs the
 epochs, ``remus-netbuf-setup teardown`` removes it. The verdicts come from ``tc``/``ip`` and from
