@@ -9,6 +9,8 @@
 (c) There too: one epoch's plug actions, buffer then release_one, through the plug API (one Plug,
     many cycles) and through ``tc qdisc change ... plug`` (a process per command, as the shell
     script does).
+(d) There too: bench/plug_group.py, a domain's plugs (1, 4, 16 IFBs) per epoch through one
+    PlugGroup batch against a loop of Plugs (its table is printed as it comes).
 
 A TCG VM runs Python ~17x slower than the host, so its figures are for ratios, not absolutes.
 The VM part is this script again (``--vm-part``), run by tools/vm.py; it writes its samples to a
@@ -209,7 +211,9 @@ def vm_part(results: Path) -> int:
     results.write_text(json.dumps(data))
     api, tc = data["cycle"]["api_us"], data["cycle"]["tc_us"]
     print(f"    plug cycles: {len(api)} through the API, {len(tc)} through tc")
-    return 0
+    print("(d) a domain's plugs per epoch: one PlugGroup batch against a loop of Plugs")
+    group = subprocess.run([sys.executable, str(Path(__file__).with_name("plug_group.py"))])
+    return group.returncode
 
 
 def hotplug_pair(others: int) -> tuple[float, float]:

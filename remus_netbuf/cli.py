@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import BadRequest, ConfigError, NetbufError, one_line
-from .request import Request, check_ifname, xenbus_ids
+from .request import DOMID_FIRST_RESERVED, Request, check_ifname, xenbus_ids
 
 EXIT_ANOMALIES = 2
 
@@ -29,8 +29,11 @@ examples:
   remus-netbuf status --json          the same, machine-readable
   remus-netbuf gc --dry-run           what gc would repair
   remus-netbuf plug ifb0 stats        counters of ifb0's plug
+  remus-netbuf plug --domain 3 stats  counters of every plug of domain 3's netbufs
   remus-netbuf teardown --vif vif3.0 --xenbus-path /libxl/3/remus/netbuf/0 --ifb ifb0
 """
+
+PLUG_ACTIONS = ("buffer", "release", "release-all", "limit", "stats")
 
 PLUG_EPILOG = """\
 actions:
@@ -40,8 +43,15 @@ actions:
   limit BYTES   bytes the plug may hold before it drops
   stats         backlog bytes/packets, drops, requeues, overlimits
 
+Several IFBs, or --domain (the IFBs a domain's netbufs claim in xenstore, if it is live), take
+the action in one netlink write. Each run is one action, so the epoch guard of the plug API
+cannot see earlier runs: sch_plug counts one unreleased epoch, so never buffer twice without a
+release in between (the second buffer would let the newer epoch's packets out with the older).
+
 examples:
   remus-netbuf plug ifb0 buffer && remus-netbuf plug ifb0 release
+  remus-netbuf plug ifb0 ifb1 buffer
+  remus-netbuf plug --domain 3 release
   remus-netbuf plug ifb0 limit 20000000
 """
 
@@ -84,15 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     plug = sub.add_parser(
         "plug",
-        help="drive an IFB's plug by hand",
+        help="drive IFBs' plugs by hand",
+        usage="remus-netbuf plug [-h] {IFB [IFB ...] | --domain D} ACTION [BYTES]",
         description="The plug control API from the command line, for manual operation and "
         "checkpointers other than libxl.",
         epilog=PLUG_EPILOG,
         formatter_class=raw,
     )
-    plug.add_argument("ifb", help="the IFB device, e.g. ifb0")
-    plug.add_argument("action", choices=["buffer", "release", "release-all", "limit", "stats"])
-    plug.add_argument("bytes", nargs="?", help="for limit: the byte limit")
+    plug.add_argument("--domain", metavar="D", help="every IFB domain D's netbufs claim")
+    plug.add_argument(
+        "words",
+        nargs="*",
+        metavar="IFB... ACTION [BYTES]",
+        help="the IFB devices (e.g. ifb0), then one of: " + ", ".join(PLUG_ACTIONS),
+    )
 
     for name, verb in (("setup", "install"), ("teardown", "remove")):
         hot = sub.add_parser(
@@ -143,33 +158,67 @@ def _hotplug(args: argparse.Namespace) -> int:
 
 
 def _plug(args: argparse.Namespace) -> int:
-    from .plug import Plug
+    from .plug import PlugGroup
 
-    check_ifname(args.ifb, "IFB")
-    if (args.action == "limit") != (args.bytes is not None):
+    ifbs, action, limit = plug_words(args.words, args.domain is not None)
+    # One action per run: the guard could only see this run's, so the kernel's rule is the
+    # admin's to keep (see PLUG_EPILOG).
+    if args.domain is not None:
+        group = PlugGroup.for_domain(domid_of(args.domain), guard=False)
+    else:
+        group = PlugGroup(ifbs, guard=False)
+    with group:
+        if action == "buffer":
+            group.buffer()
+        elif action == "release":
+            group.release_one()
+        elif action == "release-all":
+            group.release_all()
+        elif action == "limit":
+            group.set_limit(limit)
+        else:
+            for ifb, s in group.stats().items():
+                print(
+                    f"{ifb}: backlog {s.backlog_bytes}b {s.backlog_packets}p "
+                    f"drops {s.drops} requeues {s.requeues} overlimits {s.overlimits} "
+                    f"sent {s.bytes}b {s.packets}p"
+                )
+    return 0
+
+
+def plug_words(words: Sequence[str], domain: bool) -> tuple[list[str], str, int]:
+    """``IFB... ACTION [BYTES]`` (no IFB with --domain) -> (IFBs, action, limit)."""
+    at = next((i for i, word in enumerate(words) if word in PLUG_ACTIONS), None)
+    if at is None:
+        if len(words) > (0 if domain else 1):
+            choices = ", ".join(PLUG_ACTIONS)
+            raise BadRequest(detail=f"invalid choice: {words[-1]!r} (choose from {choices})")
+        needed = "action" if domain or words else "ifb, action"
+        raise BadRequest(detail=f"the following arguments are required: {needed}")
+    ifbs, action, rest = list(words[:at]), words[at], words[at + 1 :]
+    if domain == bool(ifbs):
+        raise BadRequest(
+            detail="give IFBs or --domain D, not both"
+            if domain
+            else "the following arguments are required: ifb"
+        )
+    for ifb in ifbs:
+        check_ifname(ifb, "IFB")
+    if (action == "limit") != (len(rest) == 1) or len(rest) > 1:
         raise BadRequest(detail="limit takes BYTES; the other actions take nothing")
     limit = 0
-    if args.action == "limit":
-        limit = int(args.bytes) if args.bytes.isascii() and args.bytes.isdigit() else 0
+    if action == "limit":
+        limit = int(rest[0]) if rest[0].isascii() and rest[0].isdigit() else 0
         if not 0 < limit < 2**32:
-            raise BadRequest(detail=f"limit {args.bytes!r} is not a number of bytes, 1..2^32-1")
-    with Plug(args.ifb) as plug:
-        if args.action == "buffer":
-            plug.buffer()
-        elif args.action == "release":
-            plug.release_one()
-        elif args.action == "release-all":
-            plug.release_all()
-        elif args.action == "limit":
-            plug.set_limit(limit)
-        else:
-            s = plug.stats()
-            print(
-                f"{args.ifb}: backlog {s.backlog_bytes}b {s.backlog_packets}p "
-                f"drops {s.drops} requeues {s.requeues} overlimits {s.overlimits} "
-                f"sent {s.bytes}b {s.packets}p"
-            )
-    return 0
+            raise BadRequest(detail=f"limit {rest[0]!r} is not a number of bytes, 1..2^32-1")
+    return ifbs, action, limit
+
+
+def domid_of(text: str) -> int:
+    domid = int(text) if text.isascii() and text.isdigit() else 0
+    if not 0 < domid < DOMID_FIRST_RESERVED:
+        raise BadRequest(detail=f"--domain {text!r} is not a guest's domid (1-32751)")
+    return domid
 
 
 def _status_or_gc(args: argparse.Namespace) -> int:

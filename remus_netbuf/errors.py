@@ -63,9 +63,19 @@ class NoFreeIfb(NetbufError):
 
 
 class PlugError(NetbufError):
-    """A plug control action failed."""
+    """A plug control action failed (``ifb`` may name several IFBs: those that failed)."""
 
     template = "{ifb}: plug {action} failed: {detail}"
+
+
+class EpochOutstanding(PlugError):
+    """``buffer`` refused: an earlier epoch is not released yet, and sch_plug counts one only."""
+
+    template = (
+        "{ifb}: plug buffer refused: epoch {epoch} is not released yet; sch_plug counts one "
+        "unreleased epoch, so a buffer now would let the next epoch's packets out with it "
+        "(release_one first)"
+    )
 
 
 class StepFailed(NetbufError):

@@ -19,10 +19,10 @@ The hot paths never decode every link: setup and teardown name devices through l
 number of guests (the sync API's ``nlm_request``, which could send a kind-filtered link dump,
 is broken in pyroute2 0.9: it reads a status key that is never set).
 
-The epoch path (:meth:`Netlink.plug_index`) sends a prebuilt 60-byte
-``RTM_NEWQDISC`` straight down the session's netlink socket and reads the ack back: one
-write and one read per action, as libxl does in C, where pyroute2's request machinery costs
-tens of times more.
+The epoch path (:meth:`Netlink.plug_batch`) sends a prebuilt 60-byte ``RTM_NEWQDISC`` per
+device straight down the session's netlink socket, all devices in one write, and reads the acks
+back: one write, and one read per device, as libxl does in C for one device, where pyroute2's
+request machinery costs tens of times more.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -92,6 +92,15 @@ class QdiscStats:
     drops: int
     requeues: int
     overlimits: int
+
+
+@dataclass(frozen=True)
+class PlugFailure:
+    """A plug action the kernel refused on one device: its errno and its words."""
+
+    ifb: str
+    code: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -336,21 +345,42 @@ class Netlink:
         self.plug_index(self._index(ifb), ifb, action, limit)
 
     def plug_index(self, index: int, ifb: str, action: str, limit: int = 0) -> None:
-        """:meth:`plug` for a device whose index is known: one write and one read per action.
+        """:meth:`plug` for a device whose index is known: one write and one read per action."""
+        for failure in self.plug_batch([(index, ifb)], action, limit):
+            words = f"limit {limit}" if action == "limit" else action
+            raise KernelError(detail=f"plug {words} on {ifb}: {failure.reason}", code=failure.code)
 
-        The request is what ``tc qdisc change dev IFB root plug ACTION`` sends (and libxl,
-        through libnl): RTM_NEWQDISC for the root, kind ``plug``, a ``tc_plug_qopt``. It goes
-        down the session's own socket (so it works in the session's namespace) and the ack is
-        read back before anything else uses the socket.
+    def plug_batch(
+        self, targets: Sequence[tuple[int, str]], action: str, limit: int = 0
+    ) -> list[PlugFailure]:
+        """One plug action on many devices (``(index, name)`` pairs): one write, one answer each.
+
+        Each request is what ``tc qdisc change dev IFB root plug ACTION`` sends (and libxl,
+        through libnl): RTM_NEWQDISC for the root, kind ``plug``, a ``tc_plug_qopt``. All of them
+        go down the session's socket in a single write -- one ``sendmsg`` in the kernel, one
+        skb, whose messages rtnetlink handles in order and answers one by one, each under its
+        own sequence number -- so the devices' epoch marks are set within one system call.
+        Every ack is read back before anything else uses the socket. Returns the devices the
+        kernel refused, with its words; raises KernelError only when the socket itself fails.
         """
         words = f"limit {limit}" if action == "limit" else action
-        self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
-        seq = next(self._seq)
-        message = plug_request(seq, index, PLUG_ACTIONS[action], limit)
-        with self._request(f"plug {words} on {ifb}"):
+        seqs: dict[int, str] = {}
+        batch = bytearray()
+        for index, ifb in targets:
+            self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
+            seq = next(self._seq)
+            seqs[seq] = ifb
+            batch += plug_request(seq, index, PLUG_ACTIONS[action], limit)
+        names = ", ".join(seqs.values())
+        with self._request(f"plug {words} on {names}"):
             fd = self._ipr.fileno()
-            os.write(fd, message)
-            self._await_ack(fd, seq)
+            os.write(fd, batch)
+            answers = self._await_acks(fd, set(seqs))
+        return [
+            PlugFailure(seqs[seq], code, text or os.strerror(code))
+            for seq, (code, text) in sorted(answers.items())
+            if code
+        ]
 
     def add_ingress(self, vif: str) -> None:
         self._say(vif, f"{self._tc} qdisc add dev {vif} ingress")
@@ -429,20 +459,23 @@ class Netlink:
             raise
         return next((m for m in answer if m["header"]["type"] == RTM_NEWQDISC), None)
 
-    def _await_ack(self, fd: int, seq: int) -> None:
-        """Read until the kernel's answer to request ``seq``; raise NetlinkError if it is one."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
+    def _await_acks(self, fd: int, seqs: set[int]) -> dict[int, tuple[int, str]]:
+        """Read until the kernel has answered every request in ``seqs``: (errno, its words)
+        for each, 0 for success. Answers to other requests are skipped."""
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        while True:
+        answers: dict[int, tuple[int, str]] = {}
+        while len(answers) < len(seqs):
             if not poller.poll(ANSWER_TIMEOUT * 1000):
-                raise OSError(errno.ETIMEDOUT, f"no answer in {ANSWER_TIMEOUT:g} s")
-            code, text = ack_of(os.read(fd, 65536), seq)
-            if code is not None:
-                if code:
-                    raise NetlinkError(code, text or os.strerror(code))
-                return
+                missing = len(seqs) - len(answers)
+                raise OSError(
+                    errno.ETIMEDOUT,
+                    f"{missing} of {len(seqs)} answers missing after {ANSWER_TIMEOUT:g} s",
+                )
+            for seq, answer in acks_of(os.read(fd, 65536)).items():
+                if seq in seqs:
+                    answers[seq] = answer
+        return answers
 
     def _say(self, dev: str, command: str, level: int = logging.INFO) -> None:
         log.log(level, "%s: %s", dev, command)
@@ -489,17 +522,24 @@ def _align4(length: int) -> int:
 def ack_of(data: bytes, seq: int) -> tuple[int | None, str]:
     """(errno, extended-ack text) of the NLMSG_ERROR answering ``seq`` in ``data`` (0: success),
     or (None, "") when ``data`` holds no answer to it."""
+    return acks_of(data).get(seq, (None, ""))
+
+
+def acks_of(data: bytes) -> dict[int, tuple[int, str]]:
+    """Every NLMSG_ERROR in ``data`` by the sequence number it answers: (errno, extended-ack
+    text), errno 0 for success. Other messages are skipped."""
+    answers: dict[int, tuple[int, str]] = {}
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
-        length, kind, flags, got, _ = _NLMSGHDR.unpack_from(data, offset)
+        length, kind, flags, seq, _ = _NLMSGHDR.unpack_from(data, offset)
         if length < _NLMSGHDR.size:
             break
-        if kind == NLMSG_ERROR and got == seq:
-            message = data[offset : offset + length]
+        message = data[offset : offset + length]
+        if kind == NLMSG_ERROR and len(message) >= _NLMSGHDR.size + _ERRNO.size:
             code = -_ERRNO.unpack_from(message, _NLMSGHDR.size)[0]
-            return code, _ack_text(message, flags) if code else ""
+            answers[seq] = (code, _ack_text(message, flags) if code else "")
         offset += _align4(length)
-    return None, ""
+    return answers
 
 
 def _ack_text(message: bytes, flags: int) -> str:

@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import pyxs
@@ -120,16 +120,20 @@ class Xenstore:
         """Domains listed under /local/domain, dom0 excluded."""
         return {int(d) for d in self.children("/local/domain") if _number(d) and d != "0"}
 
-    def claims(self) -> list[Claim]:
-        """Every ``/libxl/<domid>/remus/netbuf/<devid>/ifb``, in one walk of three round trips:
-        the domains, then all their netbuf directories at once, then all the claims at once."""
-        domids = [d for d in self.children(NETBUF_ROOT) if _number(d)]
-        bases = [f"{NETBUF_ROOT}/{d}/remus/netbuf" for d in domids]
+    def claims(self, domids: Iterable[int] | None = None) -> list[Claim]:
+        """Every ``/libxl/<domid>/remus/netbuf/<devid>/ifb`` (of ``domids`` if given), in one
+        walk of three round trips: the domains (none when given), then all their netbuf
+        directories at once, then all the claims at once."""
+        if domids is None:
+            names = [d for d in self.children(NETBUF_ROOT) if _number(d)]
+        else:
+            names = [str(d) for d in domids]
+        bases = [f"{NETBUF_ROOT}/{d}/remus/netbuf" for d in names]
         listed = self._call_many("list", Op.DIRECTORY, bases)
         netbufs = [
             (int(domid), int(devid), f"{base}/{devid}/ifb")
-            for domid, base, names in zip(domids, bases, listed, strict=True)
-            for devid in _names(names)
+            for domid, base, children in zip(names, bases, listed, strict=True)
+            for devid in _names(children)
             if _number(devid)
         ]
         values = self._call_many("read", Op.READ, [node for _, _, node in netbufs])

@@ -168,6 +168,12 @@ class Bed:
                 return str(q["kind"])
         return None
 
+    def root_stats(self, dev: str) -> dict[str, Any]:
+        """The root qdisc of ``dev`` with its counters, as ``tc -s -j`` shows it."""
+        shown = json.loads(sh("tc", "-n", self.ns, "-s", "-j", "qdisc", "show", "dev", dev).stdout)
+        (root,) = [q for q in shown if q.get("root")]
+        return dict(root)
+
     def has_ingress(self, dev: str) -> bool:
         return any(q["kind"] == "ingress" for q in self.qdiscs(dev))
 

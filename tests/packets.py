@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
-DOM0_V4, GUEST_V4 = "10.77.0.1", "10.77.0.2"
+DOM0_V4, GUEST_V4 = "10.77.0.1", "10.77.0.2"  # the addresses of a Wire of subnet 77
 DOM0_V6, GUEST_V6 = "fd77::1", "fd77::2"
 PORT = 7777
 SO_SNDBUFFORCE = 32
@@ -64,11 +64,20 @@ def mac_of(ns: str, dev: str) -> str:
     return str(json.loads(_run("ip", "-n", ns, "-j", "link", "show", dev))[0]["address"])
 
 
-class Wire:
-    """A guest behind ``vif`` (in dom0 namespace ``dom0``) and a receiver on dom0's side."""
+def addresses(subnet: int) -> tuple[str, str, str, str]:
+    """dom0's and the guest's IPv4 and IPv6 addresses on a wire (77: the module's constants)."""
+    return f"10.{subnet}.0.1", f"10.{subnet}.0.2", f"fd{subnet}::1", f"fd{subnet}::2"
 
-    def __init__(self, dom0: str, vif: str, peer: str) -> None:
+
+class Wire:
+    """A guest behind ``vif`` (in dom0 namespace ``dom0``) and a receiver on dom0's side.
+
+    Several wires in one dom0 (a domain with several vifs) each need their own ``subnet``.
+    """
+
+    def __init__(self, dom0: str, vif: str, peer: str, subnet: int = 77) -> None:
         self.dom0, self.vif, self.peer = dom0, vif, peer
+        self.dom0_v4, self.guest_v4, self.dom0_v6, self.guest_v6 = addresses(subnet)
         self.guest = "rnb-guest-" + uuid.uuid4().hex[:8]
         _run("ip", "netns", "add", self.guest)
         _run("ip", "-n", dom0, "link", "set", peer, "netns", self.guest)
@@ -76,19 +85,19 @@ class Wire:
         d = ("ip", "-n", dom0)
         _run(*g, "link", "set", "lo", "up")
         _run(*g, "link", "set", peer, "up")
-        _run(*g, "addr", "add", f"{GUEST_V4}/24", "dev", peer)
-        _run(*g, "addr", "add", f"{GUEST_V6}/64", "dev", peer, "nodad")
-        _run(*d, "addr", "add", f"{DOM0_V4}/24", "dev", vif)
-        _run(*d, "addr", "add", f"{DOM0_V6}/64", "dev", vif, "nodad")
+        _run(*g, "addr", "add", f"{self.guest_v4}/24", "dev", peer)
+        _run(*g, "addr", "add", f"{self.guest_v6}/64", "dev", peer, "nodad")
+        _run(*d, "addr", "add", f"{self.dom0_v4}/24", "dev", vif)
+        _run(*d, "addr", "add", f"{self.dom0_v6}/64", "dev", vif, "nodad")
         # Static neighbours, so UDP never waits on ARP/ND that the plug may be holding.
         vif_mac = mac_of(dom0, vif)
-        _run(*g, "neigh", "replace", DOM0_V4, "lladdr", vif_mac, "dev", peer, "nud", "permanent")
-        _run(*g, "neigh", "replace", DOM0_V6, "lladdr", vif_mac, "dev", peer, "nud", "permanent")
+        for addr in (self.dom0_v4, self.dom0_v6):
+            _run(*g, "neigh", "replace", addr, "lladdr", vif_mac, "dev", peer, "nud", "permanent")
         self.peer_mac = mac_of(self.guest, peer)
         self.rx4 = socket_in(dom0, socket.AF_INET, socket.SOCK_DGRAM)
-        self.rx4.bind((DOM0_V4, PORT))
+        self.rx4.bind((self.dom0_v4, PORT))
         self.rx6 = socket_in(dom0, socket.AF_INET6, socket.SOCK_DGRAM)
-        self.rx6.bind((DOM0_V6, PORT))
+        self.rx6.bind((self.dom0_v6, PORT))
         self.tx4 = socket_in(self.guest, socket.AF_INET, socket.SOCK_DGRAM)
         self.tx6 = socket_in(self.guest, socket.AF_INET6, socket.SOCK_DGRAM)
         # Held packets stay charged to the sending socket (the kernel keeps the socket
@@ -111,12 +120,12 @@ class Wire:
         """Send ``v4``/``v6`` UDP datagrams whose payload starts with ``label``."""
         body = label.encode().ljust(size, b".")
         for _ in range(v4):
-            self.tx4.sendto(body, socket.MSG_DONTWAIT, (DOM0_V4, PORT))
+            self.tx4.sendto(body, socket.MSG_DONTWAIT, (self.dom0_v4, PORT))
         for _ in range(v6):
-            self.tx6.sendto(body, socket.MSG_DONTWAIT, (DOM0_V6, PORT))
+            self.tx6.sendto(body, socket.MSG_DONTWAIT, (self.dom0_v6, PORT))
 
     def send_arp(self) -> None:
-        """One ARP request from the guest: who has DOM0_V4, tell GUEST_V4."""
+        """One ARP request from the guest: who has dom0's IPv4 address, tell the guest's."""
         mac = bytes.fromhex(self.peer_mac.replace(":", ""))
         frame = (
             b"\xff" * 6
@@ -124,9 +133,9 @@ class Wire:
             + struct.pack("!H", 0x0806)
             + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
             + mac
-            + socket.inet_aton(GUEST_V4)
+            + socket.inet_aton(self.guest_v4)
             + b"\x00" * 6
-            + socket.inet_aton(DOM0_V4)
+            + socket.inet_aton(self.dom0_v4)
         )
         self.raw.send(frame)
 
@@ -151,5 +160,5 @@ class Wire:
 
     def dom0_learned_guest_arp(self) -> bool:
         """Whether dom0 has a neighbour entry for the guest (made by the guest's ARP request)."""
-        out = _run("ip", "-n", self.dom0, "-j", "neigh", "show", GUEST_V4, "dev", self.vif)
+        out = _run("ip", "-n", self.dom0, "-j", "neigh", "show", self.guest_v4, "dev", self.vif)
         return any(entry.get("lladdr") for entry in json.loads(out or "[]"))

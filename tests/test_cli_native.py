@@ -130,6 +130,14 @@ USAGE_ERRORS = [
     (["plug", "ifb0", "limit"], ["limit takes BYTES"]),
     (["plug", "ifb0", "buffer", "5"], ["limit takes BYTES"]),
     (["plug", "ifb0;x", "stats"], ["IFB 'ifb0;x' is not an interface name"]),
+    (["plug", "ifb0", "ifb1;x", "buffer"], ["IFB 'ifb1;x' is not an interface name"]),
+    (["plug", "ifb0", "ifb1"], ["invalid choice: 'ifb1'"]),
+    (["plug", "buffer"], ["required: ifb"]),
+    (["plug", "ifb0", "limit", "5", "6"], ["limit takes BYTES"]),
+    (["plug", "--domain", "5"], ["required: action"]),
+    (["plug", "--domain", "5", "ifb0", "buffer"], ["give IFBs or --domain D, not both"]),
+    (["plug", "--domain", "0", "stats"], ["--domain '0' is not a guest's domid"]),
+    (["plug", "--domain", "32752", "stats"], ["--domain '32752' is not a guest's domid"]),
     (["setup", "--vif", VIF], ["required: --xenbus-path"]),
     (["teardown", "--xenbus-path", PATH5], ["required: --vif"]),
     (["setup", "--vif", VIF, "--xenbus-path", PATH5, "--ifb", "ifb0"], ["--ifb"]),
@@ -362,6 +370,36 @@ def test_plug_on_an_ifb_without_plug_fails_naming_it(bed: Bed) -> None:
 
 def test_plug_on_a_missing_ifb_fails_naming_it(bed: Bed) -> None:
     one_line_failure(bed.cli("plug", "ifb9", "stats"), "ifb9: plug open failed", "not found")
+
+
+def test_plug_on_several_ifbs_names_each_that_is_no_plug(bed: Bed) -> None:
+    bed.add_ifb("ifb0")
+    bed.add_ifb("ifb1")
+    one_line_failure(
+        bed.cli("plug", "ifb0", "ifb1", "ifb9", "buffer"),
+        "ifb0, ifb1, ifb9: plug open failed: ifb0, ifb1: root qdisc is the default, not plug; "
+        "ifb9: device ifb9 not found",
+    )
+
+
+def test_plug_domain_takes_the_domains_claims_and_refuses_a_dead_one(bed: Bed) -> None:
+    bed.add_ifb("ifb0")
+    bed.add_ifb("ifb1")
+    bed.domain(5)
+    bed.claim(5, 1, "ifb1")
+    bed.claim(5, 0, "ifb0")
+    bed.claim(7, 0, "ifb0")  # domain 7 is dead: its claim is stale
+    one_line_failure(
+        bed.cli("plug", "--domain", "5", "release"),
+        "ifb0, ifb1: plug open failed: root qdisc is the default, not plug",
+    )
+    one_line_failure(
+        bed.cli("plug", "--domain", "7", "release"), "domain 7: plug open failed: no such live"
+    )
+    bed.domain(6)
+    one_line_failure(
+        bed.cli("plug", "--domain", "6", "stats"), "domain 6: plug open failed: no netbuf claims"
+    )
 
 
 @pytest.mark.parametrize("value", ["10M", "0"])

@@ -13,7 +13,6 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,12 +42,6 @@ def wire(bed: Bed) -> Iterator[Wire]:
     w = Wire(bed.ns, VIF, peer)
     yield w
     w.close()
-
-
-def tc_stats(bed: Bed, dev: str) -> dict[str, Any]:
-    """The root qdisc of ``dev`` with its counters, as ``tc -s -j`` shows it."""
-    (root,) = [q for q in json.loads(bed.tc("-s", "-j", "qdisc", "show", "dev", dev)) if q["root"]]
-    return dict(root)
 
 
 def plug_by_hand(bed: Bed, ifb: str, limit: int = 100_000) -> None:
@@ -89,9 +82,9 @@ def test_status_json_shows_a_real_netbuf_and_its_held_packets(bed: Bed, wire: Wi
     result = bed.hotplug("setup", VIF, PATH5)
     assert result.returncode == 0, result.stderr
     wire.send("held", v4=4, size=100)  # a new plug starts closed: all of it stays
-    before = tc_stats(bed, "ifb0")
+    before = bed.root_stats("ifb0")
     result = bed.cli("status", "--json")
-    after = tc_stats(bed, "ifb0")
+    after = bed.root_stats("ifb0")
     assert result.returncode == 0, result  # a healthy netbuf is no anomaly
     doc = json.loads(result.stdout)
     assert doc["anomalies"] == []
@@ -169,7 +162,7 @@ def test_plug_actions_from_the_command_line(bed: Bed, wire: Wire) -> None:
     assert wire.drain()["v4:e0"] == 3
 
     # Room for four more 242-byte packets beside what the guest sent of its own after the mark.
-    room = tc_stats(bed, "ifb0")["backlog"] + 1000
+    room = bed.root_stats("ifb0")["backlog"] + 1000
     plug(bed, "ifb0", "limit", str(room))
     wire.send("fill", v4=8, size=200)
     assert wire.drain(settle=0.2) == Counter()
@@ -180,7 +173,7 @@ def test_plug_actions_from_the_command_line(bed: Bed, wire: Wire) -> None:
     assert wire.drain()["v4:free"] == 2
 
     counters = stats(bed, "ifb0")
-    observed = tc_stats(bed, "ifb0")
+    observed = bed.root_stats("ifb0")
     assert (counters["backlog_bytes"], counters["backlog_packets"]) == (0, 0)
     assert 8 - kept <= counters["drops"] <= observed["drops"]
     assert 3 + kept + 2 <= counters["packets"] <= observed["packets"]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import struct
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from remus_netbuf.errors import KernelError, KernelLacks
-from remus_netbuf.netlink import Netlink, ack_of, plug_request
+from remus_netbuf.netlink import Netlink, PlugFailure, ack_of, acks_of, plug_request
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
@@ -181,3 +183,96 @@ def test_ack_of_reads_success_errors_and_the_kernels_words() -> None:
     assert ack_of(error(7, -errno.ENOENT, 0x300, tlv), 7) == (errno.ENOENT, words[:-1].decode())
     assert ack_of(error(7, -errno.EINVAL, 0x200, tlv), 7) == (errno.EINVAL, words[:-1].decode())
     assert ack_of(b"", 7) == (None, "")
+
+
+def nlmsgerr(seq: int, code: int, request: bytes = b"", words: bytes = b"") -> bytes:
+    """An NLMSG_ERROR answering ``seq``: the kernel's ack (code 0) or error, with words."""
+    flags, tlvs = 0, b""
+    if words:
+        flags = 0x200  # NLM_F_ACK_TLVS
+        words += b"\0"
+        tlvs = struct.pack("=HH", 4 + len(words), 1) + words + b"\0" * (-len(words) % 4)
+    body = struct.pack("=i", code) + (request or struct.pack("=IHHII", 16, 36, 5, seq, 0)) + tlvs
+    return struct.pack("=IHHII", 16 + len(body), 2, flags, seq, 0) + body
+
+
+def test_acks_of_reads_every_answer_in_a_datagram() -> None:
+    data = nlmsgerr(5, 0) + nlmsgerr(6, -errno.EINVAL, words=b"Invalid qdisc name")
+    data += struct.pack("=IHHII", 20, 3, 0, 9, 0) + b"\0" * 4  # NLMSG_DONE: not an answer
+    assert acks_of(data) == {5: (0, ""), 6: (errno.EINVAL, "Invalid qdisc name")}
+    assert acks_of(b"") == {}
+    assert acks_of(struct.pack("=IHHII", 8, 2, 0, 5, 0)) == {}  # a short header stops the walk
+
+
+class FakeKernel:
+    """The far end of a datagram socketpair standing in for rtnetlink: it takes one write, and
+    answers each message in it with its own datagram, last first, with a foreign answer and
+    an error for the IFB it is told to refuse."""
+
+    def __init__(self, refuse: int) -> None:
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.refuse = refuse
+        self.writes: list[bytes] = []
+        self.thread = threading.Thread(target=self.serve)
+        self.thread.start()
+
+    def fileno(self) -> int:
+        return self.ours.fileno()
+
+    def close(self) -> None:
+        self.thread.join()
+        self.ours.close()
+        self.theirs.close()
+
+    def serve(self) -> None:
+        batch = self.theirs.recv(65536)
+        self.writes.append(batch)
+        answers = [nlmsgerr(0xDEAD, 0)]  # an answer to some other request first
+        offset = 0
+        while offset < len(batch):
+            length, kind, flags, seq, _ = struct.unpack_from("=IHHII", batch, offset)
+            index = struct.unpack_from("=BBHiIII", batch, offset + 16)[3]
+            request = batch[offset : offset + length]
+            if index == self.refuse:
+                answers.append(nlmsgerr(seq, -errno.EINVAL, request, b"Invalid qdisc name"))
+            else:
+                answers.append(nlmsgerr(seq, 0))
+            offset += length
+        for answer in reversed(answers):
+            self.theirs.send(answer)
+
+
+def test_plug_batch_is_one_write_and_maps_every_answer_to_its_ifb(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pyroute2
+
+    kernel = FakeKernel(refuse=12)
+    monkeypatch.setattr(pyroute2, "IPRoute", lambda **kwargs: kernel)
+    with Netlink() as nl:
+        failures = nl.plug_batch([(11, "ifb0"), (12, "ifb1"), (13, "ifb2")], "buffer")
+    assert failures == [PlugFailure("ifb1", errno.EINVAL, "Invalid qdisc name")]
+    (batch,) = kernel.writes  # one write: one sendmsg in the kernel
+    assert len(batch) == 3 * 60
+    headers = [struct.unpack_from("=IHHII", batch, 60 * i) for i in range(3)]
+    assert [h[1] for h in headers] == [36] * 3  # RTM_NEWQDISC
+    assert len({h[3] for h in headers}) == 3  # distinct sequence numbers
+    assert [struct.unpack_from("=BBHiIII", batch, 60 * i + 16)[3] for i in range(3)] == [11, 12, 13]
+    assert batch[:60] == plug_request(headers[0][3], 11, 0, 0)
+
+
+def test_plug_batch_names_each_ifb_the_kernel_refused(ns: str, nl: Netlink) -> None:
+    """On the running kernel (plug or not): every message of the batch is answered, the
+    refusals are mapped to their IFBs in the kernel's words, and the session goes on."""
+    for name in ("ifb0", "ifb1", "ifb2"):
+        nl.create_ifb(name)
+        nl.set_up(name, True)
+    run("tc", "-n", ns, "qdisc", "add", "dev", "ifb1", "root", "pfifo", "limit", "10")
+    links = [nl.link(name) for name in ("ifb0", "ifb1", "ifb2")]
+    targets = [(link.index, link.name) for link in links if link is not None]
+    failures = nl.plug_batch(targets, "release_one")
+    assert [f.ifb for f in failures] == ["ifb0", "ifb1", "ifb2"]  # none has a plug
+    assert all(f.code in (errno.EINVAL, errno.ENOENT) and f.reason for f in failures)
+    assert "qdisc" in failures[1].reason.lower()  # the kernel's own words
+    assert nl.root_qdisc("ifb1") == "pfifo"
+    nl.link("lo")

@@ -67,6 +67,20 @@ def test_claims_in_one_walk_and_live_domains(xs: Xenstore, standin: XenstoredSta
     assert xs.live_domids() == {3, 12}  # dom0 excluded
 
 
+def test_claims_of_given_domains_skip_the_domain_listing(
+    xs: Xenstore, standin: XenstoredStandin
+) -> None:
+    standin.seed("/libxl/3/remus/netbuf/0/ifb", "ifb0")
+    standin.seed("/libxl/3/remus/netbuf/2/ifb", "ifb4")
+    standin.seed("/libxl/4/remus/netbuf/0/ifb", "ifb1")
+    before = standin.requests
+    assert sorted(xs.claims([3, 9]), key=lambda c: c.devid) == [
+        Claim(3, 0, "ifb0"),
+        Claim(3, 2, "ifb4"),
+    ]
+    assert standin.requests - before == 2 + 2  # the two netbuf directories, the two claims
+
+
 def test_transaction_retries_on_eagain(xs: Xenstore, standin: XenstoredStandin) -> None:
     standin.eagain_commits = 5
     calls = []
