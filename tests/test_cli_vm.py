@@ -139,7 +139,7 @@ def test_gc_unplugs_unclaimed_plugs_and_undoes_a_dead_domain_but_not_a_live_netb
         f"did remove-claim {PATH7}",
         "did unplug ifb1",
         "did unplug ifb2",
-        "did remove-ingress vif7.0",
+        "did remove-redirect vif7.0 to ifb2",
     ]
     for ifb in ("ifb1", "ifb2"):
         assert bed.root_qdisc(ifb) != "plug"

@@ -213,11 +213,13 @@ def plant_garbage(bed: Bed) -> None:
     bed.xs.seed(f"{path(99)}/ifb", plugged)  # domain 99 is not under /local/domain
     bed.xs.seed(f"{path(99)}/hotplug-status", "connected")
     bed.tc("qdisc", "add", "dev", plugged, "root", "plug", "limit", "1000")
-    if "stray0" not in links:
-        ip_batch(bed, ["link add stray0 type veth peer name stray0g", "link set stray0 up"])
-    bed.tc("qdisc", "add", "dev", "stray0", "ingress")
+    # The dead domain's vif, still redirecting (a device that is no vif would be someone's).
+    stray = vif(99)
+    if stray not in links:
+        ip_batch(bed, [f"link add {stray} type veth peer name g99x0", f"link set {stray} up"])
+    bed.tc("qdisc", "add", "dev", stray, "ingress")
     bed.tc(
-        "filter", "add", "dev", "stray0", "parent", "ffff:", "protocol", "all", "pref", "10",
+        "filter", "add", "dev", stray, "parent", "ffff:", "protocol", "all", "pref", "10",
         "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", target,
     )  # fmt: skip
 
