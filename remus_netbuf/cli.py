@@ -1,7 +1,7 @@
 """``remus-netbuf``: the operator's tool for inspecting and driving network output buffering.
 
 Exit status: 0 success (``status``: no anomaly), 1 failure (one line on stderr), 2 ``status``
-found anomalies.
+found anomalies (``check``: warnings, no FAIL).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import BadRequest, NetbufError, one_line
 from .request import Request, check_ifname, xenbus_ids
+from .xlconf import XL_CONF
 
 EXIT_ANOMALIES = 2
 
@@ -27,6 +28,7 @@ EPILOG = """\
 examples:
   remus-netbuf status                 table of netbufs and anomalies (exit 2 if any)
   remus-netbuf status --json          the same, machine-readable
+  remus-netbuf check                  will network buffering work here? (before xl remus)
   remus-netbuf gc --dry-run           what gc would repair
   remus-netbuf plug ifb0 stats        counters of ifb0's plug
   remus-netbuf teardown --vif vif3.0 --xenbus-path /libxl/3/remus/netbuf/0 --ifb ifb0
@@ -71,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    check = sub.add_parser(
+        "check",
+        help="preflight before xl remus: will network buffering work on this host?",
+        description="Probe the kernel in a throwaway network namespace (what setup does, then "
+        "deleted), and check xenstored, the config, lock_dir, free IFBs, the script xl runs and "
+        "anomalies. One line per check: ok, warn or FAIL with the fix. Exit 0 all ok, 1 any "
+        "FAIL, 2 warnings only.",
+        epilog="examples:\n  remus-netbuf check\n  remus-netbuf check --json | jq .result",
+        formatter_class=raw,
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument(
+        "--xl-conf", default=XL_CONF, metavar="FILE", help=f"xl.conf to read (default {XL_CONF})"
+    )
 
     gc = sub.add_parser(
         "gc",
@@ -121,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _hotplug(args)
         if args.command == "plug":
             return _plug(args)
+        if args.command == "check":
+            return _check(args)
         return _status_or_gc(args)
     except NetbufError as err:
         sys.stderr.write(f"remus-netbuf: {err}\n")
@@ -170,6 +189,17 @@ def _plug(args: argparse.Namespace) -> int:
                 f"sent {s.bytes}b {s.packets}p"
             )
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import logging
+
+    from .check import exit_status, render_json, render_text, run_checks
+
+    logging.getLogger("remus_netbuf").setLevel(logging.WARNING)  # the probe's steps: not news
+    results = run_checks(os.environ, args.xl_conf)
+    sys.stdout.write(render_json(results) if args.json else render_text(results))
+    return exit_status(results)
 
 
 def _status_or_gc(args: argparse.Namespace) -> int:
