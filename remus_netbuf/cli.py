@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--format",
+        choices=["table", "json", "prometheus"],
+        default="table",
+        help="table (default), json (as --json), or prometheus: node_exporter textfile metrics",
+    )
+    status.add_argument(
+        "--output", metavar="FILE", help="with --format prometheus: write FILE atomically"
+    )
 
     check = sub.add_parser(
         "check",
@@ -140,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plug(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "status" and (args.format == "prometheus" or args.output):
+            return _metrics(args)
         return _status_or_gc(args)
     except NetbufError as err:
         sys.stderr.write(f"remus-netbuf: {err}\n")
@@ -202,6 +213,26 @@ def _check(args: argparse.Namespace) -> int:
     return exit_status(results)
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    if args.format != "prometheus" or args.json:
+        raise BadRequest(detail="--output goes with --format prometheus (and not --json)")
+    try:
+        from . import metrics
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("prometheus_client"):
+            raise
+        need = "pip install 'remus-netbuf[metrics]'"
+        raise NetbufError(detail=f"--format prometheus needs prometheus_client: {need}") from None
+    scrape = metrics.scrape(os.environ)
+    if args.output:
+        metrics.write(scrape, args.output)
+    else:
+        sys.stdout.write(metrics.exposition(scrape))
+    if scrape.error is not None:
+        raise NetbufError(detail=scrape.error)
+    return EXIT_ANOMALIES if scrape.anomalies else 0
+
+
 def _status_or_gc(args: argparse.Namespace) -> int:
     from .audit import anomalies
     from .config import load_config
@@ -213,7 +244,8 @@ def _status_or_gc(args: argparse.Namespace) -> int:
     with Xenstore(socket_path(os.environ)) as xs, Netlink() as nl:
         if args.command == "status":
             snap = scan(xs, nl)
-            sys.stdout.write(render_json(snap) if args.json else render_table(snap))
+            as_json = args.json or args.format == "json"
+            sys.stdout.write(render_json(snap) if as_json else render_table(snap))
             return EXIT_ANOMALIES if anomalies(snap) else 0
         with pickifb_lock(load_config(os.environ).lock_dir):
             lines = gc(xs, nl, args.dry_run)

@@ -32,7 +32,7 @@ def scan(xs: Xenstore, nl: Netlink) -> Snapshot:
     ifbs, stats, redirects = nl.survey()
     ifb_names = {i.name for i in ifbs}
     plugs = {
-        name: Plugged(s.backlog_bytes, s.backlog_packets, s.drops)
+        name: Plugged(s.backlog_bytes, s.backlog_packets, s.drops, s.overlimits)
         for name, s in stats.items()
         if s.kind == "plug"
     }
