@@ -21,12 +21,11 @@ import stat
 import sysconfig
 from collections import Counter
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .audit import Anomaly
+from .audit import Anomaly, Snapshot
 from .config import DEFAULT_PATH, Config, load_config
 from .errors import KernelError, KernelLacks, LockError, NetbufError
 from .xlconf import KEY, XL_CONF, netbufscript, script_xl_runs
@@ -39,6 +38,7 @@ JSON_VERSION = 1
 PROBE_NS = "remus-netbuf-check-"  # + pid: the throwaway namespace
 PROBE_IFB = "ifb0"  # inside the throwaway namespace only
 SCRIPT_NAME = "remus-netbuf-setup"
+LINKED = f"/usr/local/sbin/{SCRIPT_NAME}"  # where make install links it
 
 
 @dataclass(frozen=True)
@@ -75,47 +75,47 @@ def render_json(results: list[Result]) -> str:
 
 def run_checks(environ: Mapping[str, str], xl_conf: str = XL_CONF) -> list[Result]:
     """Every check, in the order an admin fixes them."""
+    from .audit import anomalies
+    from .decide import free_ifbs
+
     config, results = check_config(environ)
     results += probe_kernel(config)
+    reached, snap, why = scan_host(environ)
+    results += [reached, check_lock_dir(config)]
+    if snap is None:  # not checked: a warning when its cause already failed above
+        level = WARN if reached.level == FAIL else FAIL
+        results.append(Result("free-ifbs", level, f"not checked: {why}", "see above"))
+    else:
+        free = free_ifbs(snap.ifbs, snap.claims, snap.live_domids)
+        results.append(ifb_verdict(free, config.ifb_autocreate))
+    results.append(check_script(xl_conf))
+    if snap is None:
+        results.append(Result("anomalies", WARN, f"not checked: {why}", "see above"))
+    else:
+        results.append(anomaly_verdict(anomalies(snap)))
+    return results
+
+
+def scan_host(environ: Mapping[str, str]) -> tuple[Result, Snapshot | None, str]:
+    """The xenstore verdict, and one ``status`` scan (None, and why, when there is none)."""
     from .netlink import Netlink
     from .status import scan
     from .xenstore import Xenstore, socket_path
 
     path = socket_path(environ)
-    with ExitStack() as stack:
-        try:
-            xs = stack.enter_context(Xenstore(path))
+    try:
+        with Xenstore(path) as xs:
             domains = len(xs.live_domids()) if xs.read("/local/domain") is not None else None
-        except NetbufError as err:
-            xs, domains = None, None
-            detail = str(err).removeprefix("xenstore: ")
-            results.append(Result("xenstore", FAIL, detail, _XENSTORE_FIX))
-        else:
-            results.append(xenstore_verdict(path, domains))
-        results.append(check_lock_dir(config))
-        if xs is None:
-            skipped = "not checked: xenstored does not answer"
-            results.append(Result("free-ifbs", WARN, skipped, "fix xenstore first"))
-            scanned = None
-        else:
+            reached = xenstore_verdict(path, domains)
             try:
-                snap = scan(xs, stack.enter_context(Netlink()))
+                with Netlink() as nl:
+                    return reached, scan(xs, nl), ""
             except NetbufError as err:
-                results.append(Result("free-ifbs", FAIL, str(err), "see the detail"))
-                scanned = None
-            else:
-                from .audit import anomalies
-                from .decide import free_ifbs
-
-                free = free_ifbs(snap.ifbs, snap.claims, snap.live_domids)
-                results.append(ifb_verdict(free, config.ifb_autocreate))
-                scanned = anomalies(snap)
-    results.append(check_script(xl_conf))
-    if scanned is None:
-        results.append(Result("anomalies", WARN, "not checked: no scan", "fix the checks above"))
-    else:
-        results.append(anomaly_verdict(scanned))
-    return results
+                return reached, None, str(err)
+    except NetbufError as err:
+        detail = str(err).removeprefix("xenstore: ")
+        failed = Result("xenstore", FAIL, detail, _XENSTORE_FIX)
+        return failed, None, "xenstored does not answer"
 
 
 # --- config and lock ------------------------------------------------------------------------
@@ -252,7 +252,8 @@ def xenstore_verdict(path: str, domains: int | None) -> Result:
     if domains is None:
         detail = f"{path} answers, but /local/domain does not exist: dom0 is not set up"
         return Result("xenstore", WARN, detail, "start the Xen services (xencommons)")
-    return Result("xenstore", OK, f"{path} answers: {domains} domains besides dom0")
+    counted = f"{domains} domain{'' if domains == 1 else 's'} besides dom0"
+    return Result("xenstore", OK, f"{path} answers: {counted}")
 
 
 def ifb_verdict(free: list[str], autocreate: bool) -> Result:
@@ -335,6 +336,8 @@ def inspect_script(path: str, source: str) -> Script:
 def script_verdict(script: Script) -> Result:
     """Whether xl runs this installation's remus-netbuf-setup."""
     ours = os.path.join(sysconfig.get_path("scripts"), SCRIPT_NAME)
+    if os.path.realpath(LINKED) == os.path.realpath(ours):
+        ours = LINKED  # make install's link: the path that survives a new venv
     fix = f'make install, or {KEY}="{ours}" in xl.conf, or xl remus -N {ours}'
     where = f"xl runs {script.path} ({script.source})"
     if not script.exists:

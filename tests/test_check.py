@@ -317,7 +317,7 @@ def test_check_on_this_kernel_fails_naming_sch_plug_and_touches_nothing_outside(
     )
     assert {name: level for name, (level, _) in found.items()} == dict.fromkeys(found, OK)
     assert found["free-ifbs"][1] == "2 free (ifb0, ifb1); ifb_autocreate=yes makes more"
-    assert found["xenstore"][1] == f"{bed.xs_socket} answers: 1 domains besides dom0"
+    assert found["xenstore"][1] == f"{bed.xs_socket} answers: 1 domain besides dom0"
     assert result.stdout.splitlines()[-1] == "check: 1 FAIL, 0 warn, 9 ok"
     assert (kernel_state(bed.ns), probe_namespaces()) == before
 

@@ -44,7 +44,7 @@ XEN_SAMPLE = """\
         (f'{KEY}="/a"\n{KEY} += "/b"\n', "/a/b"),  # += appends to a string
         (f'x=1; {KEY}="/a"; y="#"\n', "/a"),  # several per line, # inside quotes
         (f'{KEY}="/a \\"q\\""\n', '/a "q"'),  # escapes as libxlu reads them
-        (f"{KEY}=[\"/a\"]\n", None),  # not a string: xl ignores it with a warning
+        (f'{KEY}=["/a"]\n', None),  # not a string: xl ignores it with a warning
         (f'"{KEY}=/a"\n', None),  # a string, not a setting
         (f'other.{KEY}="/a"\n', None),
     ],
