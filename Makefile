@@ -27,17 +27,19 @@ bench: deps
 
 # On a dom0, as root (README: Install): a venv in VENV, links in SBINDIR, XENDIR/xl.conf pointed
 # at our script. WHEELS=DIR installs offline from wheels made elsewhere (pip wheel -w DIR '.[metrics]').
-# Never on a development host: the tests run these in the kernel tier's VM.
+# Never on a development host: the tests run these in the kernel tier's VM. The system python3,
+# whatever PATH says: the hotplug script must not depend on a pyenv or conda in someone's home.
+INSTALL_PYTHON = /usr/bin/python3
 VENV = /opt/remus-netbuf
 SBINDIR = /usr/local/sbin
 XENDIR = /etc/xen
 INSTALL_ARGS = --prefix $(VENV) --sbindir $(SBINDIR) --xendir $(XENDIR) $(if $(WHEELS),--wheels $(WHEELS))
 
 install:
-	python3 tools/install.py install $(INSTALL_ARGS)
+	$(INSTALL_PYTHON) tools/install.py install $(INSTALL_ARGS)
 
 uninstall:
-	python3 tools/install.py uninstall $(INSTALL_ARGS)
+	$(INSTALL_PYTHON) tools/install.py uninstall $(INSTALL_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* .cache

@@ -108,7 +108,7 @@ def install(paths: Paths, wheels: Path | None) -> None:
         ensure_venv_module()
         record = Record(created_dirs=missing_dirs(paths.prefix.parent))
         say(f"creating the venv {paths.prefix}")
-        run([sys.executable, "-m", "venv", str(paths.prefix)])
+        run([sys.executable, "-I", "-m", "venv", str(paths.prefix)])
         write_record(paths, record)  # from now on PREFIX is ours, even if pip fails
         pip_install(paths, wheels, again=False)
     else:
@@ -129,7 +129,9 @@ def refuse_foreign(paths: Paths, record: Record | None) -> None:
 def pip_install(paths: Paths, wheels: Path | None, again: bool) -> None:
     """The package with its metrics extra into the venv; ``again``: over an earlier install."""
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    pip = [str(paths.prefix / "bin" / "python3"), "-m", "pip", "install", "--quiet"]
+    # -I: isolated from PYTHONPATH and the user's site, where pip would find (say, a checkout's
+    # remus_netbuf.egg-info) a remus-netbuf "already installed" and install no programs.
+    pip = [str(paths.prefix / "bin" / "python3"), "-I", "-m", "pip", "install", "--quiet"]
     pip.append("--disable-pip-version-check")
     if wheels is not None:  # offline: everything from the wheel directory
         pip += ["--no-index", "--find-links", str(wheels)]
