@@ -8,6 +8,7 @@ bed. The drops of a real plug that overflowed are in tests/test_metrics_vm.py.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -255,3 +256,13 @@ def test_systemd_accepts_the_timer_and_service(tmp_path: Path) -> None:
     names = sorted(str(p) for p in tmp_path.iterdir())
     done = subprocess.run(["systemd-analyze", "verify", *names], capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_every_metric_the_readme_names_is_exported() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\bremus_netbuf_[a-z_]+\b", section))
+    _, samples = parse(exposition(Scrape(SNAP, 0.1)))
+    exported = {name for name, _ in samples}
+    assert "remus_netbuf_drops_total" in named  # the alert rule's
+    assert named <= exported, named - exported
