@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := remus_netbuf tests tools bench
 
-.PHONY: all deps lint test demo bench clean
+.PHONY: all deps lint test demo bench clean install uninstall
 all: test
 
 deps:
@@ -24,6 +24,22 @@ demo: deps
 
 bench: deps
 	$(PY) bench/bench.py
+
+# On a dom0, as root (README: Install): a venv in VENV, links in SBINDIR, XENDIR/xl.conf pointed
+# at our script. WHEELS=DIR installs offline from wheels made elsewhere (pip wheel -w DIR '.[metrics]').
+# Never on a development host: the tests run these in the kernel tier's VM. The system python3,
+# whatever PATH says: the hotplug script must not depend on a pyenv or conda in someone's home.
+INSTALL_PYTHON = /usr/bin/python3
+VENV = /opt/remus-netbuf
+SBINDIR = /usr/local/sbin
+XENDIR = /etc/xen
+INSTALL_ARGS = --prefix $(VENV) --sbindir $(SBINDIR) --xendir $(XENDIR) $(if $(WHEELS),--wheels $(WHEELS))
+
+install:
+	$(INSTALL_PYTHON) tools/install.py install $(INSTALL_ARGS)
+
+uninstall:
+	$(INSTALL_PYTHON) tools/install.py uninstall $(INSTALL_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* .cache

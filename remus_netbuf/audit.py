@@ -23,6 +23,7 @@ class Plugged:
     backlog_bytes: int = 0
     backlog_packets: int = 0
     drops: int = 0
+    overlimits: int = 0
 
 
 @dataclass(frozen=True)

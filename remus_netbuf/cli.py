@@ -1,7 +1,7 @@
 """``remus-netbuf``: the operator's tool for inspecting and driving network output buffering.
 
 Exit status: 0 success (``status``: no anomaly), 1 failure (one line on stderr), 2 ``status``
-found anomalies.
+found anomalies (``check``: warnings, no FAIL).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import BadRequest, ConfigError, NetbufError, one_line
 from .request import DOMID_FIRST_RESERVED, Request, check_ifname, xenbus_ids
+from .xlconf import XL_CONF
 
 EXIT_ANOMALIES = 2
 
@@ -27,6 +28,7 @@ EPILOG = """\
 examples:
   remus-netbuf status                 table of netbufs and anomalies (exit 2 if any)
   remus-netbuf status --json          the same, machine-readable
+  remus-netbuf check                  will network buffering work here? (before xl remus)
   remus-netbuf gc --dry-run           what gc would repair
   remus-netbuf plug ifb0 stats        counters of ifb0's plug
   remus-netbuf plug --domain 3 stats  counters of every plug of domain 3's netbufs
@@ -81,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--format",
+        choices=["table", "json", "prometheus"],
+        default="table",
+        help="table (default), json (as --json), or prometheus: node_exporter textfile metrics",
+    )
+    status.add_argument(
+        "--output", metavar="FILE", help="with --format prometheus: write FILE atomically"
+    )
+
+    check = sub.add_parser(
+        "check",
+        help="preflight before xl remus: will network buffering work on this host?",
+        description="Probe the kernel in a throwaway network namespace (what setup does, then "
+        "deleted), and check xenstored, the config, lock_dir, free IFBs, the script xl runs and "
+        "anomalies. One line per check: ok, warn or FAIL with the fix. Exit 0 all ok, 1 any "
+        "FAIL, 2 warnings only.",
+        epilog="examples:\n  remus-netbuf check\n  remus-netbuf check --json | jq .result",
+        formatter_class=raw,
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument(
+        "--xl-conf", default=XL_CONF, metavar="FILE", help=f"xl.conf to read (default {XL_CONF})"
+    )
 
     gc = sub.add_parser(
         "gc",
@@ -136,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _hotplug(args)
         if args.command == "plug":
             return _plug(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "status" and (args.format == "prometheus" or args.output):
+            return _metrics(args)
         return _status_or_gc(args)
     except NetbufError as err:
         sys.stderr.write(f"remus-netbuf: {err}\n")
@@ -221,6 +251,37 @@ def domid_of(text: str) -> int:
     return domid
 
 
+def _check(args: argparse.Namespace) -> int:
+    import logging
+
+    from .check import exit_status, render_json, render_text, run_checks
+
+    logging.getLogger("remus_netbuf").setLevel(logging.WARNING)  # the probe's steps: not news
+    results = run_checks(os.environ, args.xl_conf)
+    sys.stdout.write(render_json(results) if args.json else render_text(results))
+    return exit_status(results)
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    if args.format != "prometheus" or args.json:
+        raise BadRequest(detail="--output goes with --format prometheus (and not --json)")
+    try:
+        from . import metrics
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("prometheus_client"):
+            raise
+        need = "pip install 'remus-netbuf[metrics]'"
+        raise NetbufError(detail=f"--format prometheus needs prometheus_client: {need}") from None
+    scrape = metrics.scrape(os.environ)
+    if args.output:
+        metrics.write(scrape, args.output)
+    else:
+        sys.stdout.write(metrics.exposition(scrape))
+    if scrape.error is not None:
+        raise NetbufError(detail=scrape.error)
+    return EXIT_ANOMALIES if scrape.anomalies else 0
+
+
 def _status_or_gc(args: argparse.Namespace) -> int:
     from .audit import anomalies
     from .config import load_config
@@ -237,7 +298,8 @@ def _status_or_gc(args: argparse.Namespace) -> int:
             except ConfigError as err:  # setup, teardown and gc would fail on it: say so
                 broken = str(err)
             snap = scan(xs, nl, broken)
-            sys.stdout.write(render_json(snap) if args.json else render_table(snap))
+            as_json = args.json or args.format == "json"
+            sys.stdout.write(render_json(snap) if as_json else render_table(snap))
             return EXIT_ANOMALIES if anomalies(snap) else 0
         with pickifb_lock(load_config(os.environ).lock_dir):
             lines = gc(xs, nl, args.dry_run)

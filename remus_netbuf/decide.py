@@ -142,3 +142,17 @@ def plan_teardown(
             None, True, f"{own_claim} is also claimed by another netbuf: only the claim removed"
         )
     return TeardownPlan(own_claim, True, f"freeing {own_claim}")
+
+
+def free_ifbs(
+    ifbs: Iterable[Ifb], claims: Iterable[Claim], live_domids: Collection[int]
+) -> list[str]:
+    """The IFBs a setup could pick now, in natural order: named ``ifbN``, no plug as root qdisc,
+    claimed by no live domain (``check`` and the metrics count them; :func:`pick_ifb` picks)."""
+    claimed = {claim.ifb for claim in live_claims(claims, live_domids)}
+    names = (
+        ifb.name
+        for ifb in ifbs
+        if IFB_NAME.fullmatch(ifb.name) and ifb.root_qdisc != "plug" and ifb.name not in claimed
+    )
+    return sorted(names, key=natural_key)

@@ -113,3 +113,14 @@ def _refuse_link(path: str) -> None:
             raise LockError(path=path, detail="is a symbolic link; refusing")
     except FileNotFoundError:
         pass
+
+
+def check_lock_dir(lock_dir: str) -> bool:
+    """Whether ``lock_dir`` exists, having passed the checks :func:`pickifb_lock` makes of it and
+    its lock file, without creating anything (``check``); raises the LockError it would raise.
+    False: it does not exist yet, and the first setup creates it root-only."""
+    if not os.path.lexists(lock_dir):
+        return False
+    _ensure_dir(lock_dir)  # an existing path is only checked, never changed
+    _refuse_link(os.path.join(lock_dir, LOCK_NAME))
+    return True

@@ -614,3 +614,42 @@ def _stats(q: Any) -> QdiscStats:
         requeues=queue.get("requeues", 0),
         overlimits=queue.get("overlimits", 0),
     )
+
+
+# --- named network namespaces (``ip netns``): the throwaway ones ``check`` probes the kernel in
+
+
+def create_netns(name: str) -> None:
+    """Create the named network namespace, as ``ip netns add NAME`` does (pyroute2 forks a child
+    that unshares and bind-mounts it under /run/netns; no program is run)."""
+    from pyroute2 import netns
+
+    log.debug("%s: ip netns add %s", name, name)
+    try:
+        netns.create(name)
+    except (OSError, RuntimeError) as err:
+        raise KernelError(detail=f"create network namespace {name}: {_why(err)}") from None
+
+
+def remove_netns(name: str) -> None:
+    """Delete the named network namespace and so everything in it (``ip netns del NAME``)."""
+    from pyroute2 import netns
+
+    log.debug("%s: ip netns del %s", name, name)
+    try:
+        netns.remove(name)
+    except OSError as err:
+        raise KernelError(detail=f"delete network namespace {name}: {_why(err)}") from None
+
+
+def list_netns() -> list[str]:
+    """The named network namespaces (``ip netns list``)."""
+    from pyroute2 import netns
+
+    return sorted(netns.listnetns())
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno)
+    return str(err) or type(err).__name__

@@ -32,7 +32,7 @@ def scan(xs: Xenstore, nl: Netlink, config_error: str | None = None) -> Snapshot
     seen = nl.survey()
     ifb_names = {i.name for i in seen.ifbs}
     plugs = {
-        name: Plugged(s.backlog_bytes, s.backlog_packets, s.drops)
+        name: Plugged(s.backlog_bytes, s.backlog_packets, s.drops, s.overlimits)
         for name, s in seen.stats.items()
         if s.kind == "plug"
     }

@@ -6,3 +6,19 @@ The kernel tier (tests/vmtier.py) runs ``@pytest.mark.vm`` tests on a kernel wit
 # --- kernel tier: keep this block as it is; add other fixtures below it --------------------
 pytest_plugins = ["tests.vmtier"]
 # ------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before the kernel tier boots its VMs, which have no network
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the wheels a selected test installs offline in the VM (tests/wheels.py)."""
+    from tests import wheels
+    from tools import vm
+
+    if os.environ.get(vm.IN_VM) == "1" or session.config.option.collectonly:
+        return
+    if any(wheels.FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
+        wheels.build()

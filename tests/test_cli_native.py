@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namesp
 
 VIF = "vif5.0"
 PATH5, PATH6, PATH7 = netbuf_path(5), netbuf_path(6), netbuf_path(7)
-SUBCOMMANDS = ["status", "gc", "plug", "setup", "teardown"]
+SUBCOMMANDS = ["status", "gc", "plug", "setup", "teardown", "check"]
 
 
 @pytest.fixture

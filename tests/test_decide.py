@@ -10,6 +10,7 @@ from remus_netbuf.decide import (
     Choice,
     Claim,
     Ifb,
+    free_ifbs,
     live_claims,
     natural_key,
     netbuf_path,
@@ -186,6 +187,33 @@ def test_pick_ifb_property(world: tuple[list[Ifb], list[Claim], set[int], str]) 
         assert choice.ifb is None
         for ifb in ifbs:
             assert ifb.name in choice.reason
+
+
+# free_ifbs (what check and the metrics count)
+
+
+def test_free_ifbs_are_unplugged_ifbN_that_no_live_domain_claims() -> None:
+    ifbs = [
+        Ifb("ifb10", None),
+        Ifb("ifb2", "pfifo_fast", True),
+        Ifb("ifb0", "plug", True),  # busy, even unclaimed
+        Ifb("ifb1", None),  # claimed by live domain 5
+        Ifb("ifb3", None),  # claimed by dead domain 7: free
+        Ifb("shaper0", None),  # not ours to take
+    ]
+    claims = [Claim(5, 0, "ifb1"), Claim(7, 0, "ifb3")]
+    assert free_ifbs(ifbs, claims, {5}) == ["ifb2", "ifb3", "ifb10"]
+
+
+@settings(max_examples=300)
+@given(ifb_worlds())
+def test_free_ifbs_first_is_what_pick_ifb_picks_for_a_new_netbuf(
+    world: tuple[list[Ifb], list[Claim], set[int], str],
+) -> None:
+    ifbs, claims, live, _ = world
+    fresh = netbuf_path(99, 0)  # a netbuf with no claim of its own yet
+    free = free_ifbs(ifbs, claims, live)
+    assert pick(ifbs, claims, live, fresh).ifb == (free[0] if free else None)
 
 
 # next_ifb_name

@@ -59,7 +59,7 @@ SBIN = "/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
 KERNEL_META = "linux-image-amd64"
 # What the guest's Python never needs: left out of the tarball (linters, installers, the runner).
 TARBALL_SKIP = ("mypy", "mypyc", "__mypyc", "pip", "setuptools", "virtme", "ruff")
-STDLIB_SKIP = ("test", "idlelib", "tkinter", "ensurepip", "lib2to3", "turtledemo")
+STDLIB_SKIP = ("test", "idlelib", "tkinter", "lib2to3", "turtledemo")  # ensurepip: make install
 # The CPU loop both sides time for SLOWDOWN (pure interpreter work, about 50 ms here).
 SPEED_PROBE = "import time;t=time.perf_counter();sum(i*i for i in range(300000));"
 SPEED_PROBE += "print(time.perf_counter()-t)"
