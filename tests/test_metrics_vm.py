@@ -17,7 +17,7 @@ import pytest
 from tests.bed import Bed, make_bed, netbuf_path
 from tests.forkrun import Runner
 from tests.packets import Wire
-from tests.test_cli_vm import plug_by_hand, redirect_by_hand, tc_stats
+from tests.test_cli_vm import plug_by_hand, redirect_by_hand
 from tests.test_metrics import hotplug_states, netbuf, parse
 from tests.vmtier import scaled
 
@@ -44,11 +44,11 @@ def test_drops_of_an_overflowing_plug_are_counted_in_the_metrics(bed: Bed, tmp_p
         wire.send("flood", v4=12, size=200)  # a new plug holds: the first four fit, then drops
         assert wire.drain(settle=0.2) == Counter()
         prom = tmp_path / "remus-netbuf.prom"
-        before = tc_stats(bed, "ifb0")
+        before = bed.root_stats("ifb0")
         with Runner(bed) as runner:
             job = runner.cli("status", "--format", "prometheus", "--output", str(prom))
             outcome = runner.run(job, timeout=scaled(30))
-        after = tc_stats(bed, "ifb0")
+        after = bed.root_stats("ifb0")
     finally:
         wire.close()
     assert (outcome.returncode, outcome.stdout, outcome.stderr) == (0, "", ""), outcome
