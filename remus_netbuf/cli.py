@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
-from .errors import BadRequest, ConfigError, NetbufError, one_line
+from .errors import BadRequest, NetbufError, one_line
 from .request import DOMID_FIRST_RESERVED, Request, check_ifname, xenbus_ids
 from .xlconf import XL_CONF
 
@@ -284,7 +284,7 @@ def _metrics(args: argparse.Namespace) -> int:
 
 def _status_or_gc(args: argparse.Namespace) -> int:
     from .audit import anomalies
-    from .config import load_config
+    from .config import config_problem, load_config
     from .lock import pickifb_lock
     from .netlink import Netlink
     from .status import gc, render_json, render_table, scan
@@ -292,12 +292,7 @@ def _status_or_gc(args: argparse.Namespace) -> int:
 
     with Xenstore(socket_path(os.environ)) as xs, Netlink() as nl:
         if args.command == "status":
-            try:
-                load_config(os.environ)
-                broken = None
-            except ConfigError as err:  # setup, teardown and gc would fail on it: say so
-                broken = str(err)
-            snap = scan(xs, nl, broken)
+            snap = scan(xs, nl, config_problem(os.environ))
             as_json = args.json or args.format == "json"
             sys.stdout.write(render_json(snap) if as_json else render_table(snap))
             return EXIT_ANOMALIES if anomalies(snap) else 0

@@ -129,3 +129,13 @@ def load_config(environ: Mapping[str, str]) -> Config:
     except OSError as err:
         raise ConfigError(source=path, detail=f"cannot read: {err.strerror or err}") from None
     return parse_config(text, path)
+
+
+def config_problem(environ: Mapping[str, str]) -> str | None:
+    """Why the configuration does not load, or None: for status and metrics, which report a
+    broken config (setup, teardown and gc would fail on it) instead of failing themselves."""
+    try:
+        load_config(environ)
+    except ConfigError as err:
+        return str(err)
+    return None

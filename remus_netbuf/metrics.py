@@ -30,6 +30,8 @@ LABELS = ["domid", "devid", "vif", "ifb"]
 HOTPLUG_STATES = ("connected", "error", "none")  # "none": no hotplug-status node
 # Exported at 0 when absent, so that alerts see a series; other kinds appear when found.
 ANOMALY_KINDS = (
+    "bad-config",
+    "claim-not-ifb",
     "claim-without-plug",
     "claim-without-redirect",
     "dead-domain-claim",
@@ -54,6 +56,7 @@ class Scrape:
 
 def scrape(environ: Mapping[str, str]) -> Scrape:
     """Scan xenstore and the kernel, timing it; a failure is kept, not raised."""
+    from .config import config_problem
     from .netlink import Netlink
     from .status import scan
     from .xenstore import Xenstore, socket_path
@@ -61,7 +64,7 @@ def scrape(environ: Mapping[str, str]) -> Scrape:
     start = time.monotonic()
     try:
         with Xenstore(socket_path(environ)) as xs, Netlink() as nl:
-            snap = scan(xs, nl)
+            snap = scan(xs, nl, config_problem(environ))
     except NetbufError as err:
         return Scrape(None, time.monotonic() - start, str(err))
     return Scrape(snap, time.monotonic() - start)

@@ -102,6 +102,8 @@ def test_a_snapshot_as_prometheus_reads_it_back() -> None:
         dict(labels)["kind"]: v for (name, labels), v in samples.items() if "anomalies" in name
     }
     assert anomalies == {
+        "bad-config": 0,
+        "claim-not-ifb": 0,
         "claim-without-plug": 0,
         "claim-without-redirect": 0,
         "dead-domain-claim": 1,
