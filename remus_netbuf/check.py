@@ -69,7 +69,8 @@ def render_text(results: list[Result]) -> str:
 
 def render_json(results: list[Result]) -> str:
     verdict = {0: "ok", 1: "fail", 2: "warn"}[exit_status(results)]
-    doc = {"version": JSON_VERSION, "result": verdict, "checks": [asdict(r) for r in results]}
+    checks = [{**asdict(r), "level": r.level.lower()} for r in results]  # ok, warn, fail
+    doc = {"version": JSON_VERSION, "result": verdict, "checks": checks}
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 

@@ -76,13 +76,13 @@ def test_text_is_one_line_per_check_with_the_fix_then_a_count() -> None:
 
 
 def test_json_lists_every_check_and_the_verdict() -> None:
-    doc = json.loads(render_json([Result("a", OK, "fine"), Result("b", WARN, "hm", "look")]))
+    doc = json.loads(render_json([Result("a", OK, "fine"), Result("b", FAIL, "no", "mend")]))
     assert doc == {
         "version": 1,
-        "result": "warn",
+        "result": "fail",
         "checks": [
             {"name": "a", "level": "ok", "detail": "fine", "fix": ""},
-            {"name": "b", "level": "warn", "detail": "hm", "fix": "look"},
+            {"name": "b", "level": "fail", "detail": "no", "fix": "mend"},
         ],
     }
 
@@ -341,14 +341,14 @@ def test_check_fails_on_busy_ifbs_and_an_unsafe_lock_dir_and_warns_on_the_rest(
     assert doc["result"] == "fail"
     checks = {c["name"]: c for c in doc["checks"]}
     assert [c["name"] for c in doc["checks"]] == NAMES
-    assert checks["config"]["level"] == OK
-    assert checks["lock-dir"]["level"] == FAIL
+    assert checks["config"]["level"] == "ok"
+    assert checks["lock-dir"]["level"] == "fail"  # JSON's levels are lower case
     assert "is a symbolic link; refusing" in checks["lock-dir"]["detail"]
-    assert checks["free-ifbs"]["level"] == FAIL
+    assert checks["free-ifbs"]["level"] == "fail"
     assert "ifb_autocreate=no" in checks["free-ifbs"]["detail"]
-    assert checks["xl-script"]["level"] == WARN
+    assert checks["xl-script"]["level"] == "warn"
     assert xen in checks["xl-script"]["detail"]
-    assert checks["anomalies"]["level"] == WARN
+    assert checks["anomalies"]["level"] == "warn"
     assert "dead-domain-claim x1" in checks["anomalies"]["detail"]
     assert sorted(os.listdir(real)) == []  # nothing was created through the link
 
