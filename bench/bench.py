@@ -3,15 +3,20 @@
 (a) In User-Mode Linux (it has sch_plug): wall time of ``remus-netbuf-setup setup`` and
     ``teardown``, spawned as libxl spawns them, while 1, 16 and 63 other domains hold IFBs (a
     live domain, a claim in xenstore, a vif redirected to its IFB, a plug on the IFB).
-(b) Here: start-up cost of ``remus-netbuf-setup`` (``-X importtime`` total of the entry module,
-    wall time of ``--version``) and the wall time of a teardown with nothing to undo.
+(b) Here, natively, in a private network namespace (``unshare --net``) with the stand-in
+    xenstored: wall time of ``remus-netbuf-setup setup`` while 1 and 63 other domains hold IFBs
+    (the whole setup where the kernel has sch_plug; where it lacks it, up to the plug step, and
+    the whole failing run with its rollback), of its teardown, of a teardown with nothing to
+    undo and of ``--version``; and ``python -X importtime``'s top five for the setup path.
 (c) In UML: one epoch's plug actions, buffer then release_one, through the plug API (one Plug,
     many cycles) and through ``tc qdisc change ... plug`` (a process per command, as the shell
     script does).
 
 UML makes every syscall 10-30x slower, so its figures are for ratios, not absolutes. The UML part
 is this script again (``--uml-part``), run by tools/umlrun.py; it writes its samples to a JSON
-file on hostfs and prints a progress line per round. The exit status is 1 only when a
+file on hostfs and prints a progress line per round. The native part is this script again too
+(``--native-part``), run under ``unshare --net`` so that the product is spawned directly, as
+libxl spawns it, with no ``ip netns exec`` in the timing. The exit status is 1 only when a
 figure could not be measured.
 """
 
@@ -27,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,52 +51,180 @@ BIN = Path(sys.executable).parent
 SETUP = str(BIN / "remus-netbuf-setup")
 LEVELS = (1, 16, 63)  # other domains holding IFBs
 HOTPLUG_RUNS = 7  # rounds; each runs a setup+teardown at every level, after one warm-up
-NATIVE_RUNS = 10
 API_CYCLES = 2000
 TC_CYCLES = 20
 UML_TIMEOUT = 540.0  # a hard stop; the UML part takes about 2-3 minutes
 OUR_DOMID, OUR_VIF = 1, "vif1.0"
-TARGETS = {"setup_ratio": 1.3, "startup_ms": 120.0, "cycle_ratio": 50.0}
+TARGETS = {"setup_ratio": 1.3, "cycle_ratio": 50.0}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uml-part", type=Path, help=argparse.SUPPRESS)  # results file
+    parser.add_argument("--native-part", type=Path, help=argparse.SUPPRESS)  # results file
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     umlrun.exit_on_sigterm()
     if args.uml_part:
         return uml_part(args.uml_part)
+    if args.native_part:
+        return native_part(args.native_part)
     print("remus-netbuf benchmarks: figures, not assertions")
-    print(f"(b) native, kernel {os.uname().release}")
-    native = native_figures()
+    native_missing = native_section()
     print(f"(a), (c) in User-Mode Linux ({umlrun.Options.from_env().kernel}):")
     before = os.getloadavg()[0]
     uml, problem = uml_figures()
     print(f"    host load average: {before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
-    missing = print_table(native, uml)
+    missing = print_table(uml)
     if problem:
         print(f"\nUML part: {problem}")
-    return 1 if missing or problem else 0
+    return 1 if missing or native_missing or problem else 0
 
 
-# --- (b) here ---------------------------------------------------------------------------
+# --- (b) here, natively ----------------------------------------------------------------------
+
+NATIVE_LEVELS = (1, 63)  # other domains holding IFBs, as in issue 11's table
+NATIVE_RUNS = 21  # per figure, after a warm-up
+KILL_AT_PLUG = {"REMUS_NETBUF_TEST_KILL_AT": "add plug qdisc"}  # the product's test hook
+NATIVE_TARGETS = {"setup_ms": 100.0, "noop_teardown_ms": 40.0, "version_ms": 30.0}
+# Issue 11's reference, measured before the start-up work the same way (natively, a netns, the
+# stand-in xenstored): ours, whole failing run; Xen's bash script, everything but the plug.
+REFERENCE = {1: ("187-212", "39"), 63: ("193", "12800-24300")}
+IN_NATIVE_PART = "REMUS_NETBUF_BENCH_NETNS"
 
 
-def native_figures() -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {"import_ms": [], "version_ms": [], "noop_teardown_ms": []}
-    for _ in range(NATIVE_RUNS):
-        samples["import_ms"].append(import_ms("remus_netbuf.hotplug"))
-        samples["version_ms"].append(wall_ms([SETUP, "--version"], os.environ))
-    with standin() as stage:
-        if Path(f"/sys/class/net/{OUR_VIF}").exists():  # never touch a real vif
-            print(f"    no-op teardown skipped: this host has a {OUR_VIF}")
-            return samples
+def native_section() -> int:
+    """Measure and print the native figures; returns how many could not be measured."""
+    print(f"(b) native, kernel {os.uname().release}, {os.cpu_count()} CPUs:")
+    before = os.getloadavg()[0]
+    data, problem = native_figures()
+    print(f"    host load average: {before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
+    missing = print_native_table(data)
+    if problem:
+        print(f"native part: {problem}")
+    print()
+    return missing + (1 if problem else 0)
+
+
+def native_figures() -> tuple[dict[str, Any], str | None]:
+    """Run the native part in a private network namespace; its samples, and any problem."""
+    workdir = Path(tempfile.mkdtemp(prefix="rnb-bench-", dir="/tmp"))
+    results = workdir / "native.json"
+    try:
+        command = ["unshare", "--net", "--", sys.executable, str(Path(__file__).resolve())]
+        env = {**os.environ, IN_NATIVE_PART: "1"}
+        done = subprocess.run([*command, "--native-part", str(results)], cwd=REPO, env=env)
+        data = json.loads(results.read_text()) if results.exists() else {}
+        return data, None if done.returncode == 0 else f"exit {done.returncode}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def native_part(results: Path) -> int:
+    """In the private namespace: measure, writing the samples to ``results``."""
+    if os.environ.get(IN_NATIVE_PART) != "1":
+        print("--native-part builds devices in its namespace: only under unshare --net")
+        return 1
+    _run(["ip", "link", "set", "lo", "up"])
+    data: dict[str, Any] = {"plug": kernel_has_plug(), "hotplug": {}, "importtime": []}
+    with standin() as stage:  # nothing in it yet: no vif1.0, no claim
         env = hotplug_env(stage, OUR_VIF, OUR_DOMID)
-        for _ in range(NATIVE_RUNS):
-            samples["noop_teardown_ms"].append(wall_ms([SETUP, "teardown"], env))
-    print(f"    {NATIVE_RUNS} runs each: import, --version, no-op teardown")
-    return samples
+        data["version_ms"] = repeat(lambda: wall_ms([SETUP, "--version"], env))
+        data["noop_teardown_ms"] = repeat(lambda: wall_ms([SETUP, "teardown"], env))
+        data["import_ms"] = repeat(lambda: import_ms("remus_netbuf.hotplug"))
+    for others in NATIVE_LEVELS:
+        data["hotplug"][str(others)] = native_level(others, data["plug"], data)
+        results.write_text(json.dumps(data))
+    results.write_text(json.dumps(data))
+    return 0
+
+
+def repeat(measure: Callable[[], float]) -> list[float]:
+    """NATIVE_RUNS samples of ``measure``, after one warm-up that is not counted."""
+    return [measure() for _ in range(NATIVE_RUNS + 1)][1:]
+
+
+def kernel_has_plug() -> bool:
+    """Whether this kernel can put a plug on an IFB (Debian's stock kernel can; many cannot)."""
+    _run(["ip", "link", "add", "ifbprobe", "type", "ifb"])
+    try:
+        probe = ["tc", "qdisc", "add", "dev", "ifbprobe", "root", "plug", "limit", "1000"]
+        return subprocess.run(probe, capture_output=True).returncode == 0
+    finally:
+        _run(["ip", "link", "del", "ifbprobe"])
+
+
+def native_level(others: int, plug: bool, data: dict[str, Any]) -> dict[str, list[float]]:
+    """Setup and teardown of vif1.0, many times, while ``others`` domains hold IFBs.
+
+    With sch_plug: the whole setup, then its teardown. Without: the setup killed as its plug
+    step starts (the product's own test hook), then its teardown; and the whole setup, which
+    fails at the plug and rolls back. The first round is a warm-up, not counted.
+    """
+    spare = f"ifb{others}"
+    figures: dict[str, list[float]] = {"setup": [], "teardown": [], "failed_setup": []}
+    with standin() as stage, native_world(others, spare, plug):
+        seed_xenstore(stage.xs, others)
+        env = hotplug_env(stage, OUR_VIF, OUR_DOMID)
+        for rnd in range(NATIVE_RUNS + 1):
+            counted = rnd > 0
+            setup = setup_ms(stage, env, spare, plug)
+            teardown = wall_ms([SETUP, "teardown"], {**env, "REMUS_IFB": spare})
+            failed = None if plug else failed_setup_ms(stage, env)
+            if counted:
+                figures["setup"].append(setup)
+                figures["teardown"].append(teardown)
+                if failed is not None:
+                    figures["failed_setup"].append(failed)
+        if others == NATIVE_LEVELS[0]:
+            data["importtime"] = setup_importtime(env, spare, plug)
+    print(f"    {others} busy: {NATIVE_RUNS} setups and teardowns after a warm-up")
+    return figures
+
+
+def setup_ms(stage: Stage, env: dict[str, str], spare: str, plug: bool) -> float:
+    """Wall ms of a setup: whole with sch_plug, else up to the plug step (killed there)."""
+    argv = [SETUP, "setup"]
+    if plug:
+        took = wall_ms(argv, env)
+    else:
+        start = time.perf_counter()
+        done = subprocess.run(argv, env={**env, **KILL_AT_PLUG}, capture_output=True, text=True)
+        took = (time.perf_counter() - start) * 1000
+        if done.returncode != -9:  # SIGKILL at the plug step, as asked
+            raise RuntimeError(f"setup to the plug step: exit {done.returncode}: {done.stderr}")
+    claim = stage.xs.nodes().get(f"/libxl/{OUR_DOMID}/remus/netbuf/0/ifb")
+    if claim != spare:
+        raise RuntimeError(f"setup claimed {claim}, not the free {spare}")
+    return took
+
+
+def failed_setup_ms(stage: Stage, env: dict[str, str]) -> float:
+    """Wall ms of a whole setup on a kernel without sch_plug: it fails there and rolls back."""
+    start = time.perf_counter()
+    done = subprocess.run([SETUP, "setup"], env=env, capture_output=True, text=True)
+    took = (time.perf_counter() - start) * 1000
+    if done.returncode != 1 or "sch_plug" not in done.stderr:
+        raise RuntimeError(f"setup without sch_plug: exit {done.returncode}: {done.stderr}")
+    if stage.xs.nodes().get(f"/libxl/{OUR_DOMID}/remus/netbuf/0/ifb") is not None:
+        raise RuntimeError("setup without sch_plug left its claim behind")
+    return took
+
+
+def setup_importtime(env: dict[str, str], spare: str, plug: bool) -> list[tuple[str, int]]:
+    """``-X importtime`` of one setup: (module, cumulative us) of its outermost imports, the
+    ones the run itself started (a lazy import in a function is one of them)."""
+    argv = [sys.executable, "-X", "importtime", SETUP, "setup"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if plug:
+        subprocess.run([SETUP, "teardown"], env={**env, "REMUS_IFB": spare}, capture_output=True)
+    return [(name, cum) for name, depth, cum in importtime(done.stderr) if depth == 0]
+
+
+def importtime(stderr: str) -> list[tuple[str, int, int]]:
+    """(module, nesting depth, cumulative us) of each ``-X importtime`` line."""
+    pattern = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)$", re.M)
+    return [(m[3], len(m[2]) // 2, int(m[1])) for m in pattern.finditer(stderr)]
 
 
 def import_ms(module: str) -> float:
@@ -102,11 +235,92 @@ def import_ms(module: str) -> float:
         text=True,
         check=True,
     )
-    pattern = re.compile(rf"^import time:\s+\d+ \|\s+(\d+) \| {re.escape(module)}$", re.M)
-    match = pattern.search(done.stderr)
-    if match is None:
-        raise RuntimeError(f"no importtime line for {module}")
-    return int(match.group(1)) / 1000
+    for name, depth, cum in importtime(done.stderr):
+        if name == module and depth == 0:
+            return cum / 1000
+    raise RuntimeError(f"no importtime line for {module}")
+
+
+@contextmanager
+def native_world(others: int, spare: str, plug: bool) -> Iterator[None]:
+    """Our vif1.0, a spare IFB, and ``others`` domains' vifs redirected into their IFBs
+    (plugged where the kernel can)."""
+    ip = [f"link add {OUR_VIF} type veth peer name g1x0", f"link set {OUR_VIF} up"]
+    ip += [f"link add {spare} type ifb"]
+    tc = []
+    for i in range(others):
+        vif, ifb = f"vif{i + 2}.0", f"ifb{i}"
+        ip += [f"link add {vif} type veth peer name g{i + 2}x0", f"link set {vif} up"]
+        ip += [f"link add {ifb} type ifb", f"link set {ifb} up"]
+        tc += [f"qdisc add dev {ifb} root plug limit 10000000"] if plug else []
+        tc += [
+            f"qdisc add dev {vif} ingress",
+            f"filter add dev {vif} parent ffff: protocol all pref 10 u32 match u32 0 0"
+            f" action mirred egress redirect dev {ifb}",
+        ]
+    devices = [OUR_VIF, spare] + [n for i in range(others) for n in (f"vif{i + 2}.0", f"ifb{i}")]
+    try:
+        _batch("ip", ip)
+        _batch("tc", tc)
+        yield
+    finally:
+        _batch("ip", [f"link del {d}" for d in devices], force=True)
+
+
+def print_native_table(data: dict[str, Any]) -> int:
+    """The native figures beside their targets and issue 11's reference; returns how many
+    could not be measured."""
+    plug = data.get("plug", False)
+    hot = data.get("hotplug", {})
+    goal = NATIVE_TARGETS
+    to = "whole" if plug else "to the plug step"
+    lines: list[Line] = []
+    base = hot.get(str(NATIVE_LEVELS[0]), {}).get("setup", [])
+    for others in NATIVE_LEVELS:
+        runs = hot.get(str(others), {}).get("setup", [])
+        target = f"<= {goal['setup_ms']:.0f} ms: {met(median(runs), goal['setup_ms'])}"
+        if others != NATIVE_LEVELS[0] and runs and base:
+            target += f"; {median(runs) / median(base):.2f}x at {NATIVE_LEVELS[0]}"
+        lines.append(Line(f"setup, {others} busy, {to}", runs, "ms", target if runs else ""))
+    if not plug:
+        for others in NATIVE_LEVELS:
+            runs = hot.get(str(others), {}).get("failed_setup", [])
+            lines.append(Line(f"setup, {others} busy, failing at plug, rolled back", runs, "ms"))
+    for others in NATIVE_LEVELS:
+        runs = hot.get(str(others), {}).get("teardown", [])
+        lines.append(Line(f"teardown after that setup, {others} busy", runs, "ms"))
+    startup = (("noop_teardown_ms", "teardown, nothing to undo"), ("version_ms", "--version"))
+    for key, name in startup:
+        runs = data.get(key, [])
+        target = f"<= {goal[key]:.0f} ms: {met(median(runs), goal[key])}" if runs else ""
+        lines.append(Line(name, runs, "ms", target))
+    lines.append(Line("importtime of remus_netbuf.hotplug", data.get("import_ms", []), "ms"))
+    print_lines(lines)
+    print("python -X importtime of one setup, top five outermost imports (cumulative):")
+    outer = data.get("importtime", [])
+    for name, cum in sorted(outer, key=lambda x: -x[1])[:5]:
+        print(f"    {cum / 1000:6.1f} ms  {name}")
+    if not outer:
+        print("    n/a")
+    print(native_notes(plug))
+    return sum(1 for x in lines if x.cells()[1] == "n/a") + (0 if outer else 1)
+
+
+def native_notes(plug: bool) -> str:
+    ref = "; ".join(
+        f"{n} busy: ours {ours} ms, bash {bash} ms" for n, (ours, bash) in REFERENCE.items()
+    )
+    how = (
+        "the whole setup"
+        if plug
+        else "the setup SIGKILLed as its plug step starts (this kernel has no sch_plug), and the"
+        " whole setup, which fails there, rolls back and reports"
+    )
+    return f"""\
+    {NATIVE_RUNS} runs per figure after a warm-up, in a private namespace, the script spawned
+    directly; setup is {how}. The busy domains are live, claim their IFB in xenstore and redirect
+    their vif into it. Reference (issue 11, before the start-up work, natively: ours the whole
+    failing setup; Xen's bash script everything but the plug): {ref}."""
 
 
 def wall_ms(argv: Sequence[str], env: Any) -> float:
@@ -320,7 +534,7 @@ class Line:
         )
 
 
-def print_table(native: dict[str, list[float]], uml: dict[str, Any]) -> int:
+def print_table(uml: dict[str, Any]) -> int:
     """Print every figure with its target; returns how many could not be measured."""
     lines: list[Line] = []
     hot = uml.get("hotplug", {})
@@ -329,18 +543,6 @@ def print_table(native: dict[str, list[float]], uml: dict[str, Any]) -> int:
             runs = hot.get(str(others), {}).get(action, [])
             name = f"(a) UML: {action}, {others} other domain{'s' if others > 1 else ''} busy"
             lines.append(Line(name, runs, "ms", ratio_target(hot, action, others)))
-    imp, ver, noop = native["import_ms"], native["version_ms"], native["noop_teardown_ms"]
-    startup = TARGETS["startup_ms"]
-    lines += [
-        Line("(b) here: importtime of remus_netbuf.hotplug", imp, "ms"),
-        Line(
-            "(b) here: remus-netbuf-setup --version, wall",
-            ver,
-            "ms",
-            f"<= {startup:.0f} ms: {met(median(ver), startup)}" if ver else "",
-        ),
-        Line("(b) here: teardown with nothing to undo, wall", noop, "ms"),
-    ]
     cyc = uml.get("cycle", {})
     api, tc = cyc.get("api_us", []), cyc.get("tc_us", [])
     ratio = median(tc) / median(api) if api and tc else None
@@ -356,6 +558,12 @@ def print_table(native: dict[str, list[float]], uml: dict[str, Any]) -> int:
             f"{ratio:.0f}x" if ratio else "n/a",
         ),
     ]
+    print_lines(lines)
+    print(NOTES)
+    return sum(1 for x in lines if x.cells()[1] == "n/a")
+
+
+def print_lines(lines: Sequence[Line]) -> None:
     rows = [("figure", "median", "min-max", "runs"), *(x.cells() for x in lines)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     targets = ["target", *(x.target for x in lines)]
@@ -363,15 +571,12 @@ def print_table(native: dict[str, list[float]], uml: dict[str, Any]) -> int:
         right = zip(row[1:], widths[1:], strict=True)
         cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in right)]
         print(("  ".join(cells) + "  " + target).rstrip())
-    print(NOTES)
-    return sum(1 for x in lines if x.cells()[1] == "n/a")
 
 
 NOTES = f"""\
 (a) {HOTPLUG_RUNS} rounds after one warm-up; each round builds every level afresh and runs one
     setup and one teardown in it, the script spawned directly as libxl spawns it, in UML's own
     root namespace; the stand-in xenstored answers from Python.
-(b) in this host's own namespace; the teardown finds no vif1.0 and no claim.
 (c) {API_CYCLES} API cycles on one Plug; {TC_CYCLES} tc cycles of 2 processes each (tc's words:
     block = buffer, release = release_one).
 UML syscalls are 10-30x slower than native ones, and its timings follow the host's load:
