@@ -1,67 +1,53 @@
-"""All netlink: every kernel query and change of the netbuf goes through this module (pyroute2).
+"""All netlink: every kernel query and change of the netbuf goes through this module.
 
-Nothing else imports pyroute2. Every verb works in the namespace the session was opened for, and
-logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device it
-touches, so an admin can read the log and replay it. Kernel errors are translated here into
+Nothing else talks to the kernel. Every verb works in the namespace the session was opened for,
+and logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device
+it touches, so an admin can read the log and replay it. Kernel errors are translated here into
 :class:`KernelError` (or :class:`KernelLacks` when a module is missing); data crossing the
 boundary is small dataclasses, never netlink messages.
 
-pyroute2 pitfalls this module steps around: its plug ``action`` must be a full name
-(``'TCQ_PLUG_BUFFER'`` ...) since an integer silently becomes BUFFER (our epoch path encodes
-``tc_plug_qopt`` itself, below); a plug added without ``limit``
-gets limit 0 and drops every packet; ``tc('dump-filter')`` is broken in the sync API (we use
-``get-filter``); ``IPRoute(netns=...)`` creates the namespace unless ``flags=0``; deleting a missing
-ingress qdisc fails with EINVAL, so we look before we delete; the kernel answers a qdisc ``get``
-only to a request with NLM_F_ECHO (the session sets ``nlm_echo``).
+The messages themselves are :mod:`.rtnl`'s, byte for byte what the logged command sends; this
+module decodes the answers. (It used pyroute2 until start-up mattered: importing it took longer
+than a whole hotplug run may, see rtnl.) Kernel quirks stepped around: deleting a missing
+ingress qdisc fails with EINVAL, so we look before we delete; the kernel answers a qdisc get
+only to a request with NLM_F_ECHO; a plug added without options would get the default limit.
 
 The hot paths never decode every link: setup and teardown name devices through libc's
 ``if_nameindex`` and ask the kernel about single devices, so their cost does not grow with the
-number of guests (the sync API's ``nlm_request``, which could send a kind-filtered link dump,
-is broken in pyroute2 0.9: it reads a status key that is never set).
-
-The epoch path (:meth:`Netlink.plug_index`) sends a prebuilt 60-byte
-``RTM_NEWQDISC`` straight down the session's netlink socket and reads the ack back: one
-write and one read per action, as libxl does in C, where pyroute2's request machinery costs
-tens of times more.
+number of guests. The epoch path (:meth:`Netlink.plug_index`) is one 60-byte ``RTM_NEWQDISC``
+written to the session's socket and its ack read back, as libxl does in C.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
-import os
-import select
 import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
+from . import rtnl
 from .decide import Ifb
 from .errors import KernelError, KernelLacks
+from .rtnl import TC_H_INGRESS, TC_H_ROOT, Message, RtnlError
 
 log = logging.getLogger("remus_netbuf")
 
-TC_H_ROOT = 0xFFFFFFFF
-INGRESS_PARENT = 0xFFFF0000  # "ffff:", where ingress filters hang
+INGRESS_PARENT = rtnl.INGRESS_HANDLE  # "ffff:", where ingress filters hang
 ETH_P = {"all": 0x0003, "ip": 0x0800}
 PROTOCOL_SETS = {"all": ("all",), "ip": ("ip",)}
 FILTER_PREF = 10  # the preference Xen's shell script uses
-MIRRED_EGRESS_REDIRECT = 1
-TC_H_INGRESS = 0xFFFFFFF1  # where a device's ingress qdisc sits
+MIRRED_EGRESS_REDIRECT = rtnl.TCA_EGRESS_REDIR
 # tc's words for the plug actions -> TCQ_PLUG_* of linux/pkt_sched.h
 PLUG_ACTIONS = {"buffer": 0, "release_one": 1, "release_indefinite": 2, "limit": 3}
-ANSWER_TIMEOUT = 5.0  # seconds to wait for the kernel's ack of a plug action
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_TCMSG = struct.Struct("=BBHiIII")  # family, pad, pad, ifindex, handle, parent, info
-_NLA = struct.Struct("=HH")  # len, type
-_PLUG_QOPT = struct.Struct("=iI")  # struct tc_plug_qopt: int action; __u32 limit
-_ERRNO = struct.Struct("=i")
-RTM_NEWQDISC, NLMSG_ERROR = 36, 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x1, 0x4, 0x100, 0x200
-TCA_KIND, TCA_OPTIONS, NLMSGERR_ATTR_MSG = 1, 2, 1
+TCA_STATS, TCA_STATS2, TCA_STATS_BASIC, TCA_STATS_QUEUE = 3, 7, 1, 3
+_BASIC = struct.Struct("=QI")  # struct gnet_stats_basic: bytes, packets
+_QUEUE = struct.Struct("=IIIII")  # struct gnet_stats_queue: qlen, backlog, drops, requeues, overl.
+_TC_STATS = struct.Struct("=QIIIIIII")  # struct tc_stats: bytes, packets, drops, overlimits,
+#                                         bps, pps, qlen, backlog (before TCA_STATS2)
 _LACKS_QDISC = {
     "plug": ("sch_plug", "CONFIG_NET_SCH_PLUG"),
     "ingress": ("sch_ingress", "CONFIG_NET_SCH_INGRESS"),
@@ -103,7 +89,7 @@ class Redirect:
 
 
 def link_exists(name: str) -> bool:
-    """Cheap existence check in the caller's namespace (an ioctl; pyroute2 not loaded)."""
+    """Cheap existence check in the caller's namespace (an ioctl, no netlink socket)."""
     try:
         socket.if_nametoindex(name)
     except OSError:
@@ -115,18 +101,15 @@ class Netlink:
     """One rtnetlink session in one namespace (``None``: the caller's own)."""
 
     def __init__(self, netns: str | None = None) -> None:
-        from pyroute2 import IPRoute
-
         self.netns = netns
         self._tc = f"tc -n {netns}" if netns else "tc"
         self._ip = f"ip -n {netns}" if netns else "ip"
-        where = {} if netns is None else {"netns": netns, "flags": 0}
         try:
-            self._ipr = IPRoute(groups=0, ext_ack=True, nlm_echo=True, **where)
+            self._rt = rtnl.Socket(netns)
         except OSError as err:
             place = f"namespace {netns}" if netns else "the current namespace"
-            raise KernelError(detail=f"cannot open netlink in {place}: {err}") from None
-        self._seq = itertools.count(0x52454D00)  # our plug requests' numbers ("REM\0" on)
+            detail = f"cannot open netlink in {place}: {err.strerror or err}"
+            raise KernelError(detail=detail) from None
 
     def __enter__(self) -> Netlink:
         return self
@@ -135,24 +118,22 @@ class Netlink:
         self.close()
 
     def close(self) -> None:
-        self._ipr.close()
+        self._rt.close()
 
     # --- queries ----------------------------------------------------------------------------
 
     def link(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
         try:
-            with self._request(f"look up {name}"):
-                msg = self._ipr.link("get", ifname=name)[0]
+            answer = self._ask(f"look up {name}", rtnl.get_link(name))
         except KernelError as err:
             if err.fields.get("code") == errno.ENODEV:
                 return None
             raise
-        return _link(msg)
+        return _link(answer[0]) if answer else None
 
     def links(self) -> list[Link]:
-        with self._request("list links"):
-            return [_link(msg) for msg in self._ipr.get_links()]
+        return [_link(msg) for msg in self._ask("list links", rtnl.dump_links())]
 
     def link_names(self) -> set[str]:
         """The name of every link, without decoding every link: libc's ``if_nameindex`` in our
@@ -169,34 +150,34 @@ class Netlink:
         if link is None or link.kind != "ifb":
             return None
         root = self._qdisc(link.index, TC_H_ROOT, name)
-        return Ifb(name, None if root is None else root.get_attr("TCA_KIND"), link.up)
+        return Ifb(name, None if root is None else _kind(root), link.up)
 
     def root_qdisc(self, name: str) -> str | None:
         """Kind of the root qdisc on ``name``; None if the device is gone or has the kernel's
         built-in default (noop, noqueue)."""
         index = self._index(name, missing_ok=True)
         root = None if index is None else self._qdisc(index, TC_H_ROOT, name)
-        return None if root is None else str(root.get_attr("TCA_KIND"))
+        return None if root is None else _kind(root)
 
     def has_ingress(self, name: str) -> bool:
         ingress = self._qdisc(self._index(name), TC_H_INGRESS, name)
-        return ingress is not None and ingress.get_attr("TCA_KIND") == "ingress"
+        return ingress is not None and _kind(ingress) == "ingress"
 
     def redirects(self, vif: str) -> list[Redirect]:
         """The mirred egress redirects on ``vif``'s ingress, with the device they point at."""
         index = self._index(vif)
         if not self.has_ingress(vif):
             return []
-        with self._request(f"list filters of {vif}"):
-            filters = self._ipr.tc("get-filter", index=index, parent=INGRESS_PARENT)
+        filters = self._ask(f"list filters of {vif}", rtnl.dump_filters(index, INGRESS_PARENT))
         names = {link.index: link.name for link in self.links()}
         protocols = {socket.htons(v): k for k, v in ETH_P.items()}
         found = []
         for msg in filters:
+            info = rtnl.TCMSG.unpack_from(msg.body)[4]
             for target in _mirred_targets(msg):
-                proto = msg["info"] & 0xFFFF
+                proto = info & 0xFFFF
                 found.append(
-                    Redirect(protocols.get(proto, hex(proto)), msg["info"] >> 16, names.get(target))
+                    Redirect(protocols.get(proto, hex(proto)), info >> 16, names.get(target))
                 )
         return found
 
@@ -205,24 +186,23 @@ class Netlink:
         which IFBs each device's ingress redirects to. One link dump and one qdisc dump, plus a
         filter dump per device that has an ingress qdisc."""
         links = {link.index: link for link in self.links()}
-        with self._request("list qdiscs"):
-            qdiscs = list(self._ipr.get_qdiscs())
-        roots = {q["index"]: q for q in qdiscs if q["parent"] == TC_H_ROOT}
+        qdiscs = [(_tcmsg(q), q) for q in self._ask("list qdiscs", rtnl.dump_qdiscs())]
+        roots = {index: q for (index, _, parent), q in qdiscs if parent == TC_H_ROOT}
         ifbs = [
-            Ifb(link.name, roots[i].get_attr("TCA_KIND") if i in roots else None, link.up)
+            Ifb(link.name, _kind(roots[i]) if i in roots else None, link.up)
             for i, link in links.items()
             if link.kind == "ifb"
         ]
         stats = {
-            links[i].name: _stats(q) for i, q in roots.items() if i in links and q["handle"] != 0
+            links[i].name: _stats(q) for i, q in roots.items() if i in links and _tcmsg(q)[1] != 0
         }
         redirects: dict[str, set[str]] = {}
-        for q in qdiscs:
-            if q.get_attr("TCA_KIND") != "ingress" or q["index"] not in links:
+        for (index, _, _), q in qdiscs:
+            if _kind(q) != "ingress" or index not in links:
                 continue
-            name = links[q["index"]].name
-            with self._request(f"list filters of {name}"):
-                filters = self._ipr.tc("get-filter", index=q["index"], parent=INGRESS_PARENT)
+            name = links[index].name
+            request = rtnl.dump_filters(index, INGRESS_PARENT)
+            filters = self._ask(f"list filters of {name}", request)
             targets = {t for msg in filters for t in _mirred_targets(msg)}
             redirects[name] = {links[t].name for t in targets if t in links}
         return ifbs, stats, redirects
@@ -230,41 +210,37 @@ class Netlink:
     def stats(self, name: str) -> QdiscStats | None:
         """Counters of the root qdisc on ``name`` (None if only the default is there)."""
         root = self._qdisc(self._index(name), TC_H_ROOT, name)
-        return None if root is None or root["handle"] == 0 else _stats(root)
+        return None if root is None or _tcmsg(root)[1] == 0 else _stats(root)
 
     # --- changes ----------------------------------------------------------------------------
 
     def create_ifb(self, name: str) -> None:
         self._say(name, f"{self._ip} link add {name} type ifb")
-        with self._request(f"create {name}", lacks=_LACKS_IFB):
-            self._ipr.link("add", ifname=name, kind="ifb")
+        self._ask(f"create {name}", rtnl.add_ifb(name), lacks=_LACKS_IFB)
 
     def delete_link(self, name: str, missing_ok: bool = True) -> bool:
         if missing_ok and self.link(name) is None:
             return False
         self._say(name, f"{self._ip} link del {name}")
-        with self._request(f"delete {name}"):
-            self._ipr.link("del", index=self._index(name))
+        self._ask(f"delete {name}", rtnl.delete_link(self._index(name)))
         return True
 
     def set_up(self, name: str, up: bool) -> None:
         state = "up" if up else "down"
         self._say(name, f"{self._ip} link set dev {name} {state}")
-        with self._request(f"set {name} {state}"):
-            self._ipr.link("set", index=self._index(name), state=state)
+        self._ask(f"set {name} {state}", rtnl.set_up(self._index(name), up))
 
     def add_plug(self, ifb: str, limit: int) -> None:
         self._say(ifb, f"{self._tc} qdisc add dev {ifb} root plug limit {limit}")
-        with self._request(f"add plug to {ifb}", lacks=_LACKS_QDISC["plug"]):
-            self._ipr.tc("add", "plug", self._index(ifb), limit=limit)
+        request = rtnl.add_plug(self._index(ifb), limit)
+        self._ask(f"add plug to {ifb}", request, lacks=_LACKS_QDISC["plug"])
 
     def remove_plug(self, ifb: str) -> bool:
         """Delete the root qdisc of ``ifb`` if it is a plug; False if there was none."""
         if self.root_qdisc(ifb) != "plug":
             return False
         self._say(ifb, f"{self._tc} qdisc del dev {ifb} root")
-        with self._request(f"remove plug from {ifb}"):
-            self._ipr.tc("del", index=self._index(ifb), parent=TC_H_ROOT)
+        self._ask(f"remove plug from {ifb}", rtnl.delete_root(self._index(ifb)))
         return True
 
     def plug(self, ifb: str, action: str, limit: int = 0) -> None:
@@ -275,31 +251,24 @@ class Netlink:
         """:meth:`plug` for a device whose index is known: one write and one read per action.
 
         The request is what ``tc qdisc change dev IFB root plug ACTION`` sends (and libxl,
-        through libnl): RTM_NEWQDISC for the root, kind ``plug``, a ``tc_plug_qopt``. It goes
-        down the session's own socket (so it works in the session's namespace) and the ack is
-        read back before anything else uses the socket.
+        through libnl): RTM_NEWQDISC for the root, kind ``plug``, a ``tc_plug_qopt``.
         """
         words = f"limit {limit}" if action == "limit" else action
         self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
-        seq = next(self._seq)
-        message = plug_request(seq, index, PLUG_ACTIONS[action], limit)
-        with self._request(f"plug {words} on {ifb}"):
-            fd = self._ipr.fileno()
-            os.write(fd, message)
-            self._await_ack(fd, seq)
+        request = rtnl.change_plug(index, PLUG_ACTIONS[action], limit)
+        self._ask(f"plug {words} on {ifb}", request)
 
     def add_ingress(self, vif: str) -> None:
         self._say(vif, f"{self._tc} qdisc add dev {vif} ingress")
-        with self._request(f"add ingress qdisc to {vif}", lacks=_LACKS_QDISC["ingress"]):
-            self._ipr.tc("add", "ingress", self._index(vif), INGRESS_PARENT)
+        request = rtnl.add_ingress(self._index(vif))
+        self._ask(f"add ingress qdisc to {vif}", request, lacks=_LACKS_QDISC["ingress"])
 
     def remove_ingress(self, vif: str) -> bool:
         """Delete ``vif``'s ingress qdisc and so its filters; False if vif or qdisc is gone."""
         if self._index(vif, missing_ok=True) is None or not self.has_ingress(vif):
             return False
         self._say(vif, f"{self._tc} qdisc del dev {vif} ingress")
-        with self._request(f"remove ingress qdisc from {vif}"):
-            self._ipr.tc("del", "ingress", self._index(vif), INGRESS_PARENT)
+        self._ask(f"remove ingress qdisc from {vif}", rtnl.delete_ingress(self._index(vif)))
         return True
 
     def add_redirect(self, vif: str, ifb: str, protocols: str) -> None:
@@ -311,25 +280,8 @@ class Netlink:
                 f"{self._tc} filter add dev {vif} parent ffff: protocol {proto} pref {FILTER_PREF}"
                 f" u32 match u32 0 0 action mirred egress redirect dev {ifb}",
             )
-            with self._request(f"add redirect filter on {vif} to {ifb}", lacks=_LACKS_U32):
-                self._ipr.tc(
-                    "add-filter",
-                    "u32",
-                    vif_index,
-                    parent=INGRESS_PARENT,
-                    protocol=ETH_P[proto],
-                    prio=FILTER_PREF,
-                    target=INGRESS_PARENT | 1,  # pyroute2 always sends a classid; unused here
-                    keys=["0x0/0x0+0"],
-                    action=[
-                        {
-                            "kind": "mirred",
-                            "direction": "egress",
-                            "action": "redirect",
-                            "ifindex": ifb_index,
-                        }
-                    ],
-                )
+            request = rtnl.add_u32_redirect(vif_index, ETH_P[proto], FILTER_PREF, ifb_index)
+            self._ask(f"add redirect filter on {vif} to {ifb}", request, lacks=_LACKS_U32)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -353,110 +305,39 @@ class Netlink:
             raise KernelError(detail=f"device {name} not found", code=errno.ENODEV)
         return link.index
 
-    def _qdisc(self, index: int, parent: int, name: str) -> Any | None:
+    def _qdisc(self, index: int, parent: int, name: str) -> Message | None:
         """The qdisc at ``parent`` (root or ingress) of device ``index``, as the kernel answers a
         one-device request; None when there is none, or only the built-in default."""
         try:
-            with self._request(f"look up the qdiscs of {name}"):
-                answer = self._ipr.tc("get", index=index, parent=parent)
+            answer = self._ask(f"look up the qdiscs of {name}", rtnl.get_qdisc(index, parent))
         except KernelError as err:
             if err.fields.get("code") in (errno.ENOENT, errno.EINVAL):
                 return None
             raise
-        return next((m for m in answer if m["header"]["type"] == RTM_NEWQDISC), None)
+        return next((m for m in answer if m.kind == rtnl.RTM_NEWQDISC), None)
 
-    def _await_ack(self, fd: int, seq: int) -> None:
-        """Read until the kernel's answer to request ``seq``; raise NetlinkError if it is one."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        while True:
-            if not poller.poll(ANSWER_TIMEOUT * 1000):
-                raise OSError(errno.ETIMEDOUT, f"no answer in {ANSWER_TIMEOUT:g} s")
-            code, text = ack_of(os.read(fd, 65536), seq)
-            if code is not None:
-                if code:
-                    raise NetlinkError(code, text or os.strerror(code))
-                return
+    def _ask(
+        self, what: str, request: rtnl.Request, lacks: tuple[str, str] | None = None
+    ) -> list[Message]:
+        """Send ``request``; its answers, or KernelError naming ``what``."""
+        with self._request(what, lacks):
+            return self._rt.request(request)
 
     def _say(self, dev: str, command: str, level: int = logging.INFO) -> None:
         log.log(level, "%s: %s", dev, command)
 
     @contextmanager
     def _request(self, what: str, lacks: tuple[str, str] | None = None) -> Iterator[None]:
-        """Translate pyroute2's and the socket's errors into KernelError naming ``what``."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
+        """Translate the kernel's and the socket's errors into KernelError naming ``what``."""
         try:
             yield
-        except NetlinkError as err:
-            text = (
-                err.args[1]
-                if len(err.args) > 1 and err.args[1]
-                else errno.errorcode.get(err.code, str(err.code))
-            )
-            if lacks is not None and err.code in (errno.ENOENT, errno.EOPNOTSUPP):
-                feature, config = _missing(lacks, str(text))
-                raise KernelLacks(feature=feature, config=config, code=err.code) from None
-            raise KernelError(detail=f"{what}: {text}", code=err.code) from None
-        except OSError as err:
-            raise KernelError(detail=f"{what}: {err.strerror or err}", code=err.errno) from None
-
-
-def plug_request(seq: int, index: int, action: int, limit: int) -> bytes:
-    """RTM_NEWQDISC changing the root plug of device ``index``: what ``tc`` and libnl send."""
-    body = _TCMSG.pack(socket.AF_UNSPEC, 0, 0, index, 0, TC_H_ROOT, 0)
-    body += _nla(TCA_KIND, b"plug\0") + _nla(TCA_OPTIONS, _PLUG_QOPT.pack(action, limit))
-    flags = NLM_F_REQUEST | NLM_F_ACK
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWQDISC, flags, seq, 0) + body
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    length = _NLA.size + len(payload)
-    return _NLA.pack(length, kind) + payload + b"\0" * (_align4(length) - length)
-
-
-def _align4(length: int) -> int:
-    """Netlink messages and attributes start on 4-byte boundaries (NLMSG_ALIGN, NLA_ALIGN)."""
-    return (length + 3) & ~3
-
-
-def ack_of(data: bytes, seq: int) -> tuple[int | None, str]:
-    """(errno, extended-ack text) of the NLMSG_ERROR answering ``seq`` in ``data`` (0: success),
-    or (None, "") when ``data`` holds no answer to it."""
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, flags, got, _ = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
-            break
-        if kind == NLMSG_ERROR and got == seq:
-            message = data[offset : offset + length]
-            code = -_ERRNO.unpack_from(message, _NLMSGHDR.size)[0]
-            return code, _ack_text(message, flags) if code else ""
-        offset += _align4(length)
-    return None, ""
-
-
-def _ack_text(message: bytes, flags: int) -> str:
-    """NLMSGERR_ATTR_MSG of an extended ack: the kernel's own words for what went wrong."""
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
-    start = _NLMSGHDR.size + _ERRNO.size  # then the request's header, or all of the request
-    echoed = _NLMSGHDR.size if flags & NLM_F_CAPPED else _NLMSGHDR.unpack_from(message, start)[0]
-    offset = start + _align4(echoed)
-    while offset + _NLA.size <= len(message):
-        length, kind = _NLA.unpack_from(message, offset)
-        if length < _NLA.size:
-            break
-        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
-            return (
-                message[offset + _NLA.size : offset + length]
-                .split(b"\0")[0]
-                .decode("ascii", "replace")
-            )
-        offset += _align4(length)
-    return ""
+        except OSError as err:  # RtnlError: the kernel refused; else the socket failed
+            code, text = err.errno, err.strerror or str(err)
+            refused = isinstance(err, RtnlError)
+            if refused and lacks is not None and code in (errno.ENOENT, errno.EOPNOTSUPP):
+                feature, config = _missing(lacks, text)
+                raise KernelLacks(feature=feature, config=config, code=code) from None
+            raise KernelError(detail=f"{what}: {text}", code=code) from None
 
 
 def _missing(lacks: tuple[str, str], text: str) -> tuple[str, str]:
@@ -466,38 +347,63 @@ def _missing(lacks: tuple[str, str], text: str) -> tuple[str, str]:
     return lacks
 
 
-def _link(msg: Any) -> Link:
-    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"), kind, bool(msg["flags"] & 1))
+def _link(msg: Message) -> Link:
+    _, _, index, flags, _ = rtnl.IFINFOMSG.unpack_from(msg.body)
+    found = rtnl.attrs(msg.body, rtnl.IFINFOMSG.size)
+    info = found.get(rtnl.IFLA_LINKINFO)
+    kind = rtnl.text(rtnl.attrs(info).get(rtnl.IFLA_INFO_KIND)) if info is not None else None
+    return Link(
+        index, rtnl.text(found.get(rtnl.IFLA_IFNAME)) or "", kind, bool(flags & rtnl.IFF_UP)
+    )
 
 
-def _mirred_targets(msg: Any) -> Iterator[int]:
-    options = msg.get_attr("TCA_OPTIONS")
-    acts = options.get_attr("TCA_U32_ACT") if options is not None else None
-    if acts is None:
+def _tcmsg(msg: Message) -> tuple[int, int, int]:
+    """(ifindex, handle, parent) of a qdisc or filter message."""
+    _, index, handle, parent, _ = rtnl.TCMSG.unpack_from(msg.body)
+    return index, handle, parent
+
+
+def _kind(msg: Message) -> str | None:
+    return rtnl.text(rtnl.attrs(msg.body, rtnl.TCMSG.size).get(rtnl.TCA_KIND))
+
+
+def _mirred_targets(msg: Message) -> Iterator[int]:
+    """The devices a u32 filter's mirred actions redirect to (egress)."""
+    found = rtnl.attrs(msg.body, rtnl.TCMSG.size)
+    if rtnl.text(found.get(rtnl.TCA_KIND)) != "u32" or rtnl.TCA_OPTIONS not in found:
         return
-    for _, act in acts["attrs"]:
-        if act.get_attr("TCA_ACT_KIND") != "mirred":
+    acts = rtnl.attrs(found[rtnl.TCA_OPTIONS]).get(rtnl.TCA_U32_ACT)
+    for act in rtnl.attrs(acts or b"").values():  # one per action, by its order
+        action = rtnl.attrs(act)
+        if rtnl.text(action.get(rtnl.TCA_ACT_KIND)) != "mirred":
             continue
-        parms = act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")
-        if parms["eaction"] == MIRRED_EGRESS_REDIRECT:
-            yield parms["ifindex"]
+        options = rtnl.attrs(action.get(rtnl.TCA_ACT_OPTIONS, b""))
+        parms = options.get(rtnl.TCA_MIRRED_PARMS, b"")
+        if len(parms) >= rtnl.MIRRED.size:
+            *_, eaction, ifindex = rtnl.MIRRED.unpack_from(parms)
+            if eaction == MIRRED_EGRESS_REDIRECT:
+                yield ifindex
 
 
-def _stats(q: Any) -> QdiscStats:
-    stats2 = q.get_attr("TCA_STATS2")
-    basic = stats2.get_attr("TCA_STATS_BASIC") if stats2 is not None else None
-    queue = stats2.get_attr("TCA_STATS_QUEUE") if stats2 is not None else None
-    legacy = q.get_attr("TCA_STATS") or {}
-    basic = basic or legacy
-    queue = queue or legacy
+def _stats(msg: Message) -> QdiscStats:
+    found = rtnl.attrs(msg.body, rtnl.TCMSG.size)
+    stats2 = rtnl.attrs(found.get(TCA_STATS2, b""))
+    basic, queue = stats2.get(TCA_STATS_BASIC, b""), stats2.get(TCA_STATS_QUEUE, b"")
+    if len(basic) >= _BASIC.size and len(queue) >= _QUEUE.size:
+        sent, packets = _BASIC.unpack_from(basic)
+        qlen, backlog, drops, requeues, overlimits = _QUEUE.unpack_from(queue)
+    else:  # a kernel without TCA_STATS2 (before 2.6.x); no requeues there
+        legacy = found.get(TCA_STATS, b"")
+        fields = _TC_STATS.unpack_from(legacy) if len(legacy) >= _TC_STATS.size else (0,) * 8
+        sent, packets, drops, overlimits, _, _, qlen, backlog = fields
+        requeues = 0
     return QdiscStats(
-        kind=q.get_attr("TCA_KIND"),
-        bytes=basic.get("bytes", 0),
-        packets=basic.get("packets", 0),
-        backlog_bytes=queue.get("backlog", 0),
-        backlog_packets=queue.get("qlen", 0),
-        drops=queue.get("drops", 0),
-        requeues=queue.get("requeues", 0),
-        overlimits=queue.get("overlimits", 0),
+        kind=_kind(msg) or "",
+        bytes=sent,
+        packets=packets,
+        backlog_bytes=backlog,
+        backlog_packets=qlen,
+        drops=drops,
+        requeues=requeues,
+        overlimits=overlimits,
     )

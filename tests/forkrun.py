@@ -1,7 +1,7 @@
 """Fork runner: each product run is a forked child of the test process, not a new interpreter.
 
-Why fork: inside the UML tier syscalls are 10-30x slower and ``import pyroute2`` alone takes
-about 6 s, so a ``remus-netbuf-setup`` subprocess per run is far too slow for the hundreds of
+Why fork: inside the UML tier syscalls are 10-30x slower and importing the product's libraries
+takes seconds, so a ``remus-netbuf-setup`` subprocess per run is far too slow for the hundreds of
 runs the guarantee tests make. Here the test process imports the product and its libraries
 once (:func:`preload`); each run is an ``os.fork()`` whose child, before anything else, enters
 the bed's network namespace with ``setns`` (the child is single-threaded, so the whole process
@@ -48,13 +48,14 @@ CLONE_NEWNET = 0x40000000
 EXIT_CRASHED = 70  # the child raised past the entry point (EX_SOFTWARE): a traceback follows
 _libc = ctypes.CDLL(None, use_errno=True)
 
-# Everything a run imports, so that no child pays for an import (6 s for pyroute2 in UML).
+# Everything a run imports, so that no child pays for an import (seconds in UML).
 PRELOAD = (
     "remus_netbuf.hotplug",
     "remus_netbuf.cli",
     "remus_netbuf.config",
     "remus_netbuf.netbuf",
     "remus_netbuf.netlink",
+    "remus_netbuf.rtnl",
     "remus_netbuf.xenstore",
     "remus_netbuf.lock",
     "remus_netbuf.status",
@@ -62,13 +63,6 @@ PRELOAD = (
     "remus_netbuf.log",
     "filelock",
     "pyxs",
-    "pyroute2",
-    "pyroute2.netlink.exceptions",
-    "pyroute2.netlink.rtnl.tcmsg",
-    "pyroute2.netlink.rtnl.tcmsg.sched_plug",
-    "pyroute2.netlink.rtnl.tcmsg.sched_ingress",
-    "pyroute2.netlink.rtnl.tcmsg.cls_u32",
-    "pyroute2.netlink.rtnl.tcmsg.act_mirred",
     "argparse",
     "syslog",
 )
@@ -78,7 +72,6 @@ def preload() -> None:
     """Import once in the test process what every child would otherwise import."""
     for name in PRELOAD:
         importlib.import_module(name)
-    from pyroute2 import IPRoute  # noqa: F401  (pyroute2 resolves it lazily)
 
 
 def _entry(program: str) -> Callable[[list[str]], int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from remus_netbuf.errors import KernelError, KernelLacks
-from remus_netbuf.netlink import Netlink, ack_of, plug_request
+from remus_netbuf.netlink import Netlink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
@@ -163,21 +162,25 @@ def test_unknown_namespace_is_not_created(nl: Netlink) -> None:
     assert ghost not in run("ip", "netns", "list")
 
 
-def test_ack_of_reads_success_errors_and_the_kernels_words() -> None:
-    request = plug_request(7, 3, 1, 0)
-    assert len(request) == 60  # nlmsghdr 16, tcmsg 20, kind "plug" 12, tc_plug_qopt 12
-    header = struct.Struct("=IHHII")
+def test_stats_are_the_counters_tc_reads(ns: str, nl: Netlink) -> None:
+    """Frames through a pfifo root: the counters read back are those tc -s shows."""
+    run("ip", "-n", ns, "link", "set", "guest", "up")
+    run("ip", "-n", ns, "link", "set", "vif3.1", "up")
+    run("tc", "-n", ns, "qdisc", "add", "dev", "vif3.1", "root", "pfifo", "limit", "100")
+    send = "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+    send += "s.bind(('vif3.1', 0))\n"  # raw frames: out through vif3.1's root qdisc
+    send += "for _ in range(5): s.send(b'\\xff' * 6 + b'\\x02' * 6 + b'\\x88\\xb5' + b'x' * 86)"
+    subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", send], check=True)
 
-    def error(seq: int, code: int, flags: int = 0, tlvs: bytes = b"") -> bytes:
-        echoed = request[:16] if flags & 0x100 else request
-        body = struct.pack("=i", code) + echoed + tlvs
-        return header.pack(16 + len(body), 2, flags, seq, 0) + body
+    def shown() -> dict[str, object]:
+        return next(q for q in tc_json(ns, "-s", "qdisc", "show", "dev", "vif3.1") if q["root"])
 
-    words = b"Specified qdisc not found\0"
-    tlv = struct.pack("=HH", 4 + len(words), 1) + words + b"\0" * (-len(words) % 4)
-    assert ack_of(error(7, 0), 7) == (0, "")
-    assert ack_of(error(8, 0), 7) == (None, "")  # another request's answer
-    assert ack_of(error(6, 0) + error(7, -errno.ENOENT), 7) == (errno.ENOENT, "")
-    assert ack_of(error(7, -errno.ENOENT, 0x300, tlv), 7) == (errno.ENOENT, words[:-1].decode())
-    assert ack_of(error(7, -errno.EINVAL, 0x200, tlv), 7) == (errno.EINVAL, words[:-1].decode())
-    assert ack_of(b"", 7) == (None, "")
+    before = shown()
+    stats = nl.stats("vif3.1")
+    after = shown()
+    assert stats is not None and stats.kind == "pfifo"
+    assert 5 <= before["packets"] <= stats.packets <= after["packets"]  # type: ignore[operator]
+    assert stats.bytes >= 5 * 100
+    assert before["bytes"] <= stats.bytes <= after["bytes"]  # type: ignore[operator]
+    assert (stats.drops, stats.overlimits, stats.requeues) == (0, 0, 0)
+    assert (stats.backlog_bytes, stats.backlog_packets) == (0, 0)
