@@ -3,21 +3,26 @@
 Every failure ends here as one line: on stderr (libxl appends it to xen-hotplug.log), in syslog,
 and, when ``XENBUS_PATH`` is valid, in ``XENBUS_PATH/hotplug-error`` with
 ``hotplug-status=error``; the exit status is 1 and no traceback is shown for expected failures.
+
+Start-up is part of every hotplug run, so this module imports only what a path uses, where it
+uses it: ``--version`` loads nothing more, and a run loads the netlink, xenstore and lock
+modules only when it gets to them (tests/test_imports.py pins this).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
 
-from . import __version__
-from .errors import ConfigError, NetbufError, StepFailed, one_line
-from .log import setup_logging
-from .request import Request, parse_request, valid_xenbus_path
+from . import __version__  # the package itself: nothing more to load
 
-log = logging.getLogger("remus_netbuf")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from .request import Request
+
+LOGGER = "remus_netbuf"
 
 USAGE = """\
 usage: remus-netbuf-setup setup|teardown [vifname=V] [XENBUS_PATH=P] [REMUS_IFB=I]
@@ -40,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "--version":
         print(f"remus-netbuf-setup {__version__}")
         return 0
+    from .errors import NetbufError
+    from .log import setup_logging
+    from .request import parse_request, valid_xenbus_path
+
     setup_logging("remus-netbuf-setup")
     try:
         request = parse_request(args, os.environ)
@@ -50,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(request: Request, environ: Mapping[str, str]) -> int:
     """Carry out a validated request; the shared path of remus-netbuf-setup and remus-netbuf."""
+    import logging
+
     from .config import load_config
+    from .errors import ConfigError, NetbufError, StepFailed
     from .netbuf import setup, teardown
 
     try:
@@ -71,7 +83,7 @@ def run(request: Request, environ: Mapping[str, str]) -> int:
     except NetbufError as err:
         return fail(str(err), request.xenbus_path, environ)
     except Exception as err:  # a bug: keep the traceback for the log, still report and exit 1
-        log.exception("%s: internal error", request.vif)
+        logging.getLogger(LOGGER).exception("%s: internal error", request.vif)
         reason = f"{request.vif}: {request.command} failed: internal error: {type(err).__name__}"
         return fail(f"{reason}: {err}", request.xenbus_path, environ)
     return 0
@@ -79,6 +91,11 @@ def run(request: Request, environ: Mapping[str, str]) -> int:
 
 def fail(message: str, xenbus_path: str | None, environ: Mapping[str, str]) -> int:
     """Report a failure everywhere libxl and the admin look; returns the exit status, 1."""
+    import logging
+
+    from .errors import NetbufError, one_line
+
+    log = logging.getLogger(LOGGER)
     message = one_line(message)
     log.error("%s", message)
     if xenbus_path is not None:
