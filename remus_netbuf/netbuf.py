@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ class Run:
         """Run a step; a NetbufError inside becomes StepFailed naming vif, IFB and step."""
         self.step = step
         if self.kill_at == step:
+            import signal
+
             os.kill(os.getpid(), signal.SIGKILL)
         try:
             yield

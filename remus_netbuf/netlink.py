@@ -27,7 +27,6 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, overload
 
 from . import rtnl
 from .decide import Ifb
@@ -155,7 +154,7 @@ class Netlink:
     def root_qdisc(self, name: str) -> str | None:
         """Kind of the root qdisc on ``name``; None if the device is gone or has the kernel's
         built-in default (noop, noqueue)."""
-        index = self._index(name, missing_ok=True)
+        index = self._index_or_none(name)
         root = None if index is None else self._qdisc(index, TC_H_ROOT, name)
         return None if root is None else _kind(root)
 
@@ -265,7 +264,7 @@ class Netlink:
 
     def remove_ingress(self, vif: str) -> bool:
         """Delete ``vif``'s ingress qdisc and so its filters; False if vif or qdisc is gone."""
-        if self._index(vif, missing_ok=True) is None or not self.has_ingress(vif):
+        if self._index_or_none(vif) is None or not self.has_ingress(vif):
             return False
         self._say(vif, f"{self._tc} qdisc del dev {vif} ingress")
         self._ask(f"remove ingress qdisc from {vif}", rtnl.delete_ingress(self._index(vif)))
@@ -285,25 +284,21 @@ class Netlink:
 
     # --- internals --------------------------------------------------------------------------
 
-    @overload
-    def _index(self, name: str, missing_ok: Literal[False] = False) -> int: ...
-    @overload
-    def _index(self, name: str, missing_ok: Literal[True]) -> int | None: ...
+    def _index(self, name: str) -> int:
+        index = self._index_or_none(name)
+        if index is None:
+            raise KernelError(detail=f"device {name} not found", code=errno.ENODEV)
+        return index
 
-    def _index(self, name: str, missing_ok: bool = False) -> int | None:
+    def _index_or_none(self, name: str) -> int | None:
         """The device's index: an ioctl in our own namespace, a link request in another."""
         if self.netns is None:
             try:
                 return socket.if_nametoindex(name)
             except OSError:
-                link = None
-        else:
-            link = self.link(name)
-        if link is None:
-            if missing_ok:
                 return None
-            raise KernelError(detail=f"device {name} not found", code=errno.ENODEV)
-        return link.index
+        link = self.link(name)
+        return None if link is None else link.index
 
     def _qdisc(self, index: int, parent: int, name: str) -> Message | None:
         """The qdisc at ``parent`` (root or ingress) of device ``index``, as the kernel answers a
