@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 
 from .config import Config
@@ -28,15 +27,15 @@ log = logging.getLogger("remus_netbuf")
 KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when this step starts
 
 
-@dataclass
 class Run:
     """The state of one hotplug run: which step it is at and how to undo what it did."""
 
-    request: Request
-    ifb: str | None = None
-    step: str = "start"
-    undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
-    kill_at: str | None = None
+    def __init__(self, request: Request, ifb: str | None = None, kill_at: str | None = None):
+        self.request = request
+        self.ifb = ifb
+        self.step = "start"
+        self.undo: list[tuple[str, Callable[[], object]]] = []
+        self.kill_at = kill_at
 
     @contextmanager
     def at(self, step: str) -> Iterator[None]:

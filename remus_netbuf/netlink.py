@@ -4,7 +4,7 @@ Nothing else talks to the kernel. Every verb works in the namespace the session 
 and logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device
 it touches, so an admin can read the log and replay it. Kernel errors are translated here into
 :class:`KernelError` (or :class:`KernelLacks` when a module is missing); data crossing the
-boundary is small dataclasses, never netlink messages.
+boundary is small records (NamedTuples), never netlink messages.
 
 The messages themselves are :mod:`.rtnl`'s, byte for byte what the logged command sends; this
 module decodes the answers. (It used pyroute2 until start-up mattered: importing it took longer
@@ -26,7 +26,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import rtnl
 from .decide import Ifb
@@ -56,16 +56,14 @@ _LACKS_U32 = ("cls_u32", "CONFIG_NET_CLS_U32")
 _LACKS_MIRRED = ("act_mirred", "CONFIG_NET_ACT_MIRRED")
 
 
-@dataclass(frozen=True)
-class Link:
-    index: int
+class Link(NamedTuple):
+    ifindex: int  # the kernel's ifi_index ("index" would hide tuple.index)
     name: str
     kind: str | None
     up: bool
 
 
-@dataclass(frozen=True)
-class QdiscStats:
+class QdiscStats(NamedTuple):
     """Counters of a qdisc; backlog is what the plug holds right now."""
 
     kind: str
@@ -78,8 +76,7 @@ class QdiscStats:
     overlimits: int
 
 
-@dataclass(frozen=True)
-class Redirect:
+class Redirect(NamedTuple):
     """An ingress filter on a vif that redirects to a device (``ifb`` is None if it is gone)."""
 
     protocol: str
@@ -148,7 +145,7 @@ class Netlink:
         link = self.link(name)
         if link is None or link.kind != "ifb":
             return None
-        root = self._qdisc(link.index, TC_H_ROOT, name)
+        root = self._qdisc(link.ifindex, TC_H_ROOT, name)
         return Ifb(name, None if root is None else _kind(root), link.up)
 
     def root_qdisc(self, name: str) -> str | None:
@@ -168,7 +165,7 @@ class Netlink:
         if not self.has_ingress(vif):
             return []
         filters = self._ask(f"list filters of {vif}", rtnl.dump_filters(index, INGRESS_PARENT))
-        names = {link.index: link.name for link in self.links()}
+        names = {link.ifindex: link.name for link in self.links()}
         protocols = {socket.htons(v): k for k, v in ETH_P.items()}
         found = []
         for msg in filters:
@@ -184,7 +181,7 @@ class Netlink:
         """One look at everything netbufs use: the IFBs, the counters of their root qdiscs, and
         which IFBs each device's ingress redirects to. One link dump and one qdisc dump, plus a
         filter dump per device that has an ingress qdisc."""
-        links = {link.index: link for link in self.links()}
+        links = {link.ifindex: link for link in self.links()}
         qdiscs = [(_tcmsg(q), q) for q in self._ask("list qdiscs", rtnl.dump_qdiscs())]
         roots = {index: q for (index, _, parent), q in qdiscs if parent == TC_H_ROOT}
         ifbs = [
@@ -298,7 +295,7 @@ class Netlink:
             except OSError:
                 return None
         link = self.link(name)
-        return None if link is None else link.index
+        return None if link is None else link.ifindex
 
     def _qdisc(self, index: int, parent: int, name: str) -> Message | None:
         """The qdisc at ``parent`` (root or ingress) of device ``index``, as the kernel answers a

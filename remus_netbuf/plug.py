@@ -40,7 +40,7 @@ class Plug:
         except KernelError as err:
             self._nl.close()
             raise PlugError(ifb=ifb, action="open", detail=str(err)) from None
-        self._index = link.index
+        self._index = link.ifindex
 
     def __enter__(self) -> Plug:
         return self

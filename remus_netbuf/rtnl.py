@@ -19,7 +19,7 @@ import select
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -67,8 +67,7 @@ class RtnlError(OSError):
         super().__init__(code, text or os.strerror(code))
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """One answer: its type and what follows the netlink header."""
 
     kind: int
