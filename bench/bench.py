@@ -26,13 +26,16 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,22 +129,44 @@ def native_part(results: Path) -> int:
         print("--native-part builds devices in its namespace: only under unshare --net")
         return 1
     _run(["ip", "link", "set", "lo", "up"])
-    data: dict[str, Any] = {"plug": kernel_has_plug(), "hotplug": {}, "importtime": []}
+    plug = kernel_has_plug()
+    figures: dict[str, dict[str, list[float]]] = {}
+    data: dict[str, Any] = {"plug": plug, "figures": figures, "importtime": []}
     with standin() as stage:  # nothing in it yet: no vif1.0, no claim
         env = hotplug_env(stage, OUR_VIF, OUR_DOMID)
-        data["version_ms"] = repeat(lambda: wall_ms([SETUP, "--version"], env))
-        data["noop_teardown_ms"] = repeat(lambda: wall_ms([SETUP, "teardown"], env))
-        data["import_ms"] = repeat(lambda: import_ms("remus_netbuf.hotplug"))
+        for rnd in range(NATIVE_RUNS + 1):  # the first round is a warm-up
+            record(figures, "version", spawn([SETUP, "--version"], env, 0), rnd > 0)
+            record(figures, "noop teardown", spawn([SETUP, "teardown"], env, 0), rnd > 0)
     for others in NATIVE_LEVELS:
-        data["hotplug"][str(others)] = native_level(others, data["plug"], data)
+        native_level(others, plug, data)
         results.write_text(json.dumps(data))
-    results.write_text(json.dumps(data))
     return 0
 
 
-def repeat(measure: Callable[[], float]) -> list[float]:
-    """NATIVE_RUNS samples of ``measure``, after one warm-up that is not counted."""
-    return [measure() for _ in range(NATIVE_RUNS + 1)][1:]
+def spawn(argv: Sequence[str], env: dict[str, str], expect: int) -> tuple[float, float, str]:
+    """Run one product process as libxl does: its wall and CPU (user+sys) ms and its stderr.
+    Any other exit status than ``expect`` is an error."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    wall = (time.perf_counter() - start) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    if done.returncode != expect:
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    return wall, cpu, done.stderr
+
+
+def record(
+    figures: dict[str, dict[str, list[float]]],
+    name: str,
+    sample: tuple[float, float, str],
+    counted: bool = True,
+) -> None:
+    if counted:
+        figure = figures.setdefault(name, {"wall": [], "cpu": []})
+        figure["wall"].append(sample[0])
+        figure["cpu"].append(sample[1])
 
 
 def kernel_has_plug() -> bool:
@@ -154,91 +179,45 @@ def kernel_has_plug() -> bool:
         _run(["ip", "link", "del", "ifbprobe"])
 
 
-def native_level(others: int, plug: bool, data: dict[str, Any]) -> dict[str, list[float]]:
+def native_level(others: int, plug: bool, data: dict[str, Any]) -> None:
     """Setup and teardown of vif1.0, many times, while ``others`` domains hold IFBs.
 
-    With sch_plug: the whole setup, then its teardown. Without: the setup killed as its plug
+    With sch_plug: the whole setup, then its teardown. Without: the setup SIGKILLed as its plug
     step starts (the product's own test hook), then its teardown; and the whole setup, which
-    fails at the plug and rolls back. The first round is a warm-up, not counted.
+    fails at the plug, rolls back and reports. The first round is a warm-up, not counted.
     """
-    spare = f"ifb{others}"
-    figures: dict[str, list[float]] = {"setup": [], "teardown": [], "failed_setup": []}
+    spare, path = f"ifb{others}", f"/libxl/{OUR_DOMID}/remus/netbuf/0"
+    figures = data["figures"]
     with standin() as stage, native_world(others, spare, plug):
         seed_xenstore(stage.xs, others)
         env = hotplug_env(stage, OUR_VIF, OUR_DOMID)
+        setup_env = env if plug else {**env, **KILL_AT_PLUG}
         for rnd in range(NATIVE_RUNS + 1):
-            counted = rnd > 0
-            setup = setup_ms(stage, env, spare, plug)
-            teardown = wall_ms([SETUP, "teardown"], {**env, "REMUS_IFB": spare})
-            failed = None if plug else failed_setup_ms(stage, env)
-            if counted:
-                figures["setup"].append(setup)
-                figures["teardown"].append(teardown)
-                if failed is not None:
-                    figures["failed_setup"].append(failed)
+            setup = spawn([SETUP, "setup"], setup_env, 0 if plug else -signal.SIGKILL)
+            if (claim := stage.xs.nodes().get(f"{path}/ifb")) != spare:
+                raise RuntimeError(f"setup claimed {claim}, not the free {spare}")
+            record(figures, f"setup {others}", setup, rnd > 0)
+            teardown = spawn([SETUP, "teardown"], {**env, "REMUS_IFB": spare}, 0)
+            record(figures, f"teardown {others}", teardown, rnd > 0)
+            if not plug:
+                failed = spawn([SETUP, "setup"], env, 1)
+                if "sch_plug" not in failed[2] or stage.xs.nodes().get(f"{path}/ifb"):
+                    raise RuntimeError(f"setup without sch_plug did not roll back: {failed[2]}")
+                record(figures, f"failed setup {others}", failed, rnd > 0)
         if others == NATIVE_LEVELS[0]:
-            data["importtime"] = setup_importtime(env, spare, plug)
+            argv = [sys.executable, "-X", "importtime", SETUP, "setup"]
+            stderr = spawn(argv, setup_env, 0 if plug else -signal.SIGKILL)[2]
+            spawn([SETUP, "teardown"], {**env, "REMUS_IFB": spare}, 0)
+            data["importtime"] = [
+                (name, cum) for name, depth, cum in importtime(stderr) if not depth
+            ]
     print(f"    {others} busy: {NATIVE_RUNS} setups and teardowns after a warm-up")
-    return figures
-
-
-def setup_ms(stage: Stage, env: dict[str, str], spare: str, plug: bool) -> float:
-    """Wall ms of a setup: whole with sch_plug, else up to the plug step (killed there)."""
-    argv = [SETUP, "setup"]
-    if plug:
-        took = wall_ms(argv, env)
-    else:
-        start = time.perf_counter()
-        done = subprocess.run(argv, env={**env, **KILL_AT_PLUG}, capture_output=True, text=True)
-        took = (time.perf_counter() - start) * 1000
-        if done.returncode != -9:  # SIGKILL at the plug step, as asked
-            raise RuntimeError(f"setup to the plug step: exit {done.returncode}: {done.stderr}")
-    claim = stage.xs.nodes().get(f"/libxl/{OUR_DOMID}/remus/netbuf/0/ifb")
-    if claim != spare:
-        raise RuntimeError(f"setup claimed {claim}, not the free {spare}")
-    return took
-
-
-def failed_setup_ms(stage: Stage, env: dict[str, str]) -> float:
-    """Wall ms of a whole setup on a kernel without sch_plug: it fails there and rolls back."""
-    start = time.perf_counter()
-    done = subprocess.run([SETUP, "setup"], env=env, capture_output=True, text=True)
-    took = (time.perf_counter() - start) * 1000
-    if done.returncode != 1 or "sch_plug" not in done.stderr:
-        raise RuntimeError(f"setup without sch_plug: exit {done.returncode}: {done.stderr}")
-    if stage.xs.nodes().get(f"/libxl/{OUR_DOMID}/remus/netbuf/0/ifb") is not None:
-        raise RuntimeError("setup without sch_plug left its claim behind")
-    return took
-
-
-def setup_importtime(env: dict[str, str], spare: str, plug: bool) -> list[tuple[str, int]]:
-    """``-X importtime`` of one setup: (module, cumulative us) of its outermost imports, the
-    ones the run itself started (a lazy import in a function is one of them)."""
-    argv = [sys.executable, "-X", "importtime", SETUP, "setup"]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    if plug:
-        subprocess.run([SETUP, "teardown"], env={**env, "REMUS_IFB": spare}, capture_output=True)
-    return [(name, cum) for name, depth, cum in importtime(done.stderr) if depth == 0]
 
 
 def importtime(stderr: str) -> list[tuple[str, int, int]]:
     """(module, nesting depth, cumulative us) of each ``-X importtime`` line."""
     pattern = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)$", re.M)
     return [(m[3], len(m[2]) // 2, int(m[1])) for m in pattern.finditer(stderr)]
-
-
-def import_ms(module: str) -> float:
-    """``-X importtime`` cumulative time of ``module``, imported at top level, in ms."""
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    for name, depth, cum in importtime(done.stderr):
-        if name == module and depth == 0:
-            return cum / 1000
-    raise RuntimeError(f"no importtime line for {module}")
 
 
 @contextmanager
@@ -270,31 +249,29 @@ def native_world(others: int, spare: str, plug: bool) -> Iterator[None]:
 def print_native_table(data: dict[str, Any]) -> int:
     """The native figures beside their targets and issue 11's reference; returns how many
     could not be measured."""
-    plug = data.get("plug", False)
-    hot = data.get("hotplug", {})
-    goal = NATIVE_TARGETS
-    to = "whole" if plug else "to the plug step"
+    plug, figures = data.get("plug", False), data.get("figures", {})
     lines: list[Line] = []
-    base = hot.get(str(NATIVE_LEVELS[0]), {}).get("setup", [])
+
+    def line(name: str, key: str, target: float | None = None, note: str = "") -> None:
+        wall = figures.get(key, {}).get("wall", [])
+        cpu = figures.get(key, {}).get("cpu", [])
+        words = [f"cpu {median(cpu):.0f} ms"] if cpu else []
+        if target is not None and wall:
+            words.append(f"<= {target:.0f} ms: {met(median(wall), target)}")
+        lines.append(Line(name, wall, "ms", "; ".join(words + ([note] if note else []))))
+
+    to = "whole" if plug else "to the plug step"
     for others in NATIVE_LEVELS:
-        runs = hot.get(str(others), {}).get("setup", [])
-        target = f"<= {goal['setup_ms']:.0f} ms: {met(median(runs), goal['setup_ms'])}"
-        if others != NATIVE_LEVELS[0] and runs and base:
-            target += f"; {median(runs) / median(base):.2f}x at {NATIVE_LEVELS[0]}"
-        lines.append(Line(f"setup, {others} busy, {to}", runs, "ms", target if runs else ""))
+        ours, bash = REFERENCE[others]
+        note = f"issue 11: ours {ours}, bash {bash}"
+        line(f"setup, {others} busy, {to}", f"setup {others}", NATIVE_TARGETS["setup_ms"], note)
     if not plug:
         for others in NATIVE_LEVELS:
-            runs = hot.get(str(others), {}).get("failed_setup", [])
-            lines.append(Line(f"setup, {others} busy, failing at plug, rolled back", runs, "ms"))
+            line(f"setup, {others} busy, failing at plug + rollback", f"failed setup {others}")
     for others in NATIVE_LEVELS:
-        runs = hot.get(str(others), {}).get("teardown", [])
-        lines.append(Line(f"teardown after that setup, {others} busy", runs, "ms"))
-    startup = (("noop_teardown_ms", "teardown, nothing to undo"), ("version_ms", "--version"))
-    for key, name in startup:
-        runs = data.get(key, [])
-        target = f"<= {goal[key]:.0f} ms: {met(median(runs), goal[key])}" if runs else ""
-        lines.append(Line(name, runs, "ms", target))
-    lines.append(Line("importtime of remus_netbuf.hotplug", data.get("import_ms", []), "ms"))
+        line(f"teardown after it, {others} busy", f"teardown {others}")
+    line("teardown, nothing to undo", "noop teardown", NATIVE_TARGETS["noop_teardown_ms"])
+    line("--version", "version", NATIVE_TARGETS["version_ms"])
     print_lines(lines)
     print("python -X importtime of one setup, top five outermost imports (cumulative):")
     outer = data.get("importtime", [])
@@ -307,20 +284,21 @@ def print_native_table(data: dict[str, Any]) -> int:
 
 
 def native_notes(plug: bool) -> str:
-    ref = "; ".join(
-        f"{n} busy: ours {ours} ms, bash {bash} ms" for n, (ours, bash) in REFERENCE.items()
-    )
     how = (
         "the whole setup"
         if plug
-        else "the setup SIGKILLed as its plug step starts (this kernel has no sch_plug), and the"
-        " whole setup, which fails there, rolls back and reports"
+        else "the setup SIGKILLed as its plug step starts (this kernel has no sch_plug), and"
+        " the whole setup, which fails there, rolls back and reports"
     )
-    return f"""\
-    {NATIVE_RUNS} runs per figure after a warm-up, in a private namespace, the script spawned
-    directly; setup is {how}. The busy domains are live, claim their IFB in xenstore and redirect
-    their vif into it. Reference (issue 11, before the start-up work, natively: ours the whole
-    failing setup; Xen's bash script everything but the plug): {ref}."""
+    text = (
+        f"{NATIVE_RUNS} runs per figure after a warm-up, medians; cpu is the process's user+sys"
+        " time, which the host's other load sways less than the wall time. In a private"
+        f" namespace, the script spawned directly as libxl spawns it; setup is {how}. The busy"
+        " domains are live, claim their IFB in xenstore and redirect their vif into it. The"
+        " issue 11 reference was measured before the start-up work, natively: ours the whole"
+        " failing setup, Xen's bash script everything but the plug."
+    )
+    return textwrap.fill(text, 96, initial_indent="    ", subsequent_indent="    ")
 
 
 def wall_ms(argv: Sequence[str], env: Any) -> float:
