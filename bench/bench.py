@@ -137,9 +137,13 @@ def native_part(results: Path) -> int:
         for rnd in range(NATIVE_RUNS + 1):  # the first round is a warm-up
             record(figures, "version", spawn([SETUP, "--version"], env, 0), rnd > 0)
             record(figures, "noop teardown", spawn([SETUP, "teardown"], env, 0), rnd > 0)
-    for others in NATIVE_LEVELS:
-        native_level(others, plug, data)
+    for rnd in range(NATIVE_RUNS + 1):  # levels interleaved: the host's load hits them alike
+        for others in NATIVE_LEVELS:
+            native_round(others, plug, figures, counted=rnd > 0)
         results.write_text(json.dumps(data))
+    print(f"    {NATIVE_RUNS} rounds after a warm-up, each level built afresh in each")
+    data["importtime"] = setup_importtime(plug)
+    results.write_text(json.dumps(data))
     return 0
 
 
@@ -179,39 +183,46 @@ def kernel_has_plug() -> bool:
         _run(["ip", "link", "del", "ifbprobe"])
 
 
-def native_level(others: int, plug: bool, data: dict[str, Any]) -> None:
-    """Setup and teardown of vif1.0, many times, while ``others`` domains hold IFBs.
+def native_round(
+    others: int, plug: bool, figures: dict[str, dict[str, list[float]]], counted: bool
+) -> None:
+    """One setup and one teardown of vif1.0 while ``others`` domains hold IFBs.
 
     With sch_plug: the whole setup, then its teardown. Without: the setup SIGKILLed as its plug
     step starts (the product's own test hook), then its teardown; and the whole setup, which
-    fails at the plug, rolls back and reports. The first round is a warm-up, not counted.
+    fails at the plug, rolls back and reports.
     """
     spare, path = f"ifb{others}", f"/libxl/{OUR_DOMID}/remus/netbuf/0"
-    figures = data["figures"]
     with standin() as stage, native_world(others, spare, plug):
         seed_xenstore(stage.xs, others)
         env = hotplug_env(stage, OUR_VIF, OUR_DOMID)
-        setup_env = env if plug else {**env, **KILL_AT_PLUG}
-        for rnd in range(NATIVE_RUNS + 1):
-            setup = spawn([SETUP, "setup"], setup_env, 0 if plug else -signal.SIGKILL)
-            if (claim := stage.xs.nodes().get(f"{path}/ifb")) != spare:
-                raise RuntimeError(f"setup claimed {claim}, not the free {spare}")
-            record(figures, f"setup {others}", setup, rnd > 0)
-            teardown = spawn([SETUP, "teardown"], {**env, "REMUS_IFB": spare}, 0)
-            record(figures, f"teardown {others}", teardown, rnd > 0)
-            if not plug:
-                failed = spawn([SETUP, "setup"], env, 1)
-                if "sch_plug" not in failed[2] or stage.xs.nodes().get(f"{path}/ifb"):
-                    raise RuntimeError(f"setup without sch_plug did not roll back: {failed[2]}")
-                record(figures, f"failed setup {others}", failed, rnd > 0)
-        if others == NATIVE_LEVELS[0]:
-            argv = [sys.executable, "-X", "importtime", SETUP, "setup"]
-            stderr = spawn(argv, setup_env, 0 if plug else -signal.SIGKILL)[2]
-            spawn([SETUP, "teardown"], {**env, "REMUS_IFB": spare}, 0)
-            data["importtime"] = [
-                (name, cum) for name, depth, cum in importtime(stderr) if not depth
-            ]
-    print(f"    {others} busy: {NATIVE_RUNS} setups and teardowns after a warm-up")
+        setup = spawn([SETUP, "setup"], env if plug else {**env, **KILL_AT_PLUG}, setup_exit(plug))
+        if (claim := stage.xs.nodes().get(f"{path}/ifb")) != spare:
+            raise RuntimeError(f"setup claimed {claim}, not the free {spare}")
+        record(figures, f"setup {others}", setup, counted)
+        teardown = spawn([SETUP, "teardown"], {**env, "REMUS_IFB": spare}, 0)
+        record(figures, f"teardown {others}", teardown, counted)
+        if not plug:
+            failed = spawn([SETUP, "setup"], env, 1)
+            if "sch_plug" not in failed[2] or stage.xs.nodes().get(f"{path}/ifb"):
+                raise RuntimeError(f"setup without sch_plug did not roll back: {failed[2]}")
+            record(figures, f"failed setup {others}", failed, counted)
+
+
+def setup_exit(plug: bool) -> int:
+    return 0 if plug else -signal.SIGKILL  # killed at the plug step by the test hook
+
+
+def setup_importtime(plug: bool) -> list[tuple[str, int]]:
+    """``-X importtime`` of one setup at the first level: (module, cumulative us) of its
+    outermost imports, the ones the run itself started (a lazy import is one of them)."""
+    others = NATIVE_LEVELS[0]
+    with standin() as stage, native_world(others, f"ifb{others}", plug):
+        seed_xenstore(stage.xs, others)
+        env = hotplug_env(stage, OUR_VIF, OUR_DOMID)
+        argv = [sys.executable, "-X", "importtime", SETUP, "setup"]
+        stderr = spawn(argv, env if plug else {**env, **KILL_AT_PLUG}, setup_exit(plug))[2]
+    return [(name, cum) for name, depth, cum in importtime(stderr) if depth == 0]
 
 
 def importtime(stderr: str) -> list[tuple[str, int, int]]:
