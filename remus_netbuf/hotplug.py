@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from .request import Request
 
-LOGGER = "remus_netbuf"
 
 USAGE = """\
 usage: remus-netbuf-setup setup|teardown [vifname=V] [XENBUS_PATH=P] [REMUS_IFB=I]
@@ -73,10 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(request: Request, environ: Mapping[str, str]) -> int:
     """Carry out a validated request; the shared path of remus-netbuf-setup and remus-netbuf."""
-    import logging
-
     from .config import load_config
     from .errors import ConfigError, NetbufError, StepFailed
+    from .log import log
     from .netbuf import setup, teardown
 
     try:
@@ -97,7 +95,7 @@ def run(request: Request, environ: Mapping[str, str]) -> int:
     except NetbufError as err:
         return fail(str(err), request.xenbus_path, environ)
     except Exception as err:  # a bug: keep the traceback for the log, still report and exit 1
-        logging.getLogger(LOGGER).exception("%s: internal error", request.vif)
+        log.exception("%s: internal error", request.vif)
         reason = f"{request.vif}: {request.command} failed: internal error: {type(err).__name__}"
         return fail(f"{reason}: {err}", request.xenbus_path, environ)
     return 0
@@ -105,11 +103,9 @@ def run(request: Request, environ: Mapping[str, str]) -> int:
 
 def fail(message: str, xenbus_path: str | None, environ: Mapping[str, str]) -> int:
     """Report a failure everywhere libxl and the admin look; returns the exit status, 1."""
-    import logging
-
     from .errors import NetbufError, one_line
+    from .log import log
 
-    log = logging.getLogger(LOGGER)
     message = one_line(message)
     log.error("%s", message)
     if xenbus_path is not None:

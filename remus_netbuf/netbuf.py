@@ -9,7 +9,6 @@ from :mod:`.decide`.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -19,11 +18,11 @@ from .config import Config
 from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
 from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
 from .lock import pickifb_lock
+from .log import log
 from .netlink import Netlink, link_exists
 from .request import Request
 from .xenstore import Xenstore, socket_path
 
-log = logging.getLogger("remus_netbuf")
 KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when this step starts
 
 

@@ -21,7 +21,6 @@ written to the session's socket and its ack read back, as libxl does in C.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
 from collections.abc import Iterator
@@ -31,9 +30,8 @@ from typing import NamedTuple
 from . import rtnl
 from .decide import Ifb
 from .errors import KernelError, KernelLacks
+from .log import DEBUG, INFO, log
 from .rtnl import TC_H_INGRESS, TC_H_ROOT, Message, RtnlError
-
-log = logging.getLogger("remus_netbuf")
 
 INGRESS_PARENT = rtnl.INGRESS_HANDLE  # "ffff:", where ingress filters hang
 ETH_P = {"all": 0x0003, "ip": 0x0800}
@@ -250,7 +248,7 @@ class Netlink:
         through libnl): RTM_NEWQDISC for the root, kind ``plug``, a ``tc_plug_qopt``.
         """
         words = f"limit {limit}" if action == "limit" else action
-        self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
+        self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", DEBUG)
         request = rtnl.change_plug(index, PLUG_ACTIONS[action], limit)
         self._ask(f"plug {words} on {ifb}", request)
 
@@ -315,7 +313,7 @@ class Netlink:
         with self._request(what, lacks):
             return self._rt.request(request)
 
-    def _say(self, dev: str, command: str, level: int = logging.INFO) -> None:
+    def _say(self, dev: str, command: str, level: int = INFO) -> None:
         log.log(level, "%s: %s", dev, command)
 
     @contextmanager
