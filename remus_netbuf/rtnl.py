@@ -61,7 +61,8 @@ Request = tuple[int, int, bytes]  # message type, flags, body: what Socket.reque
 
 
 class RtnlError(OSError):
-    """The kernel refused a request: its errno, and its extended-ack words when it gave some."""
+    """A request failed: the kernel's errno and, with an extended ack, its own words (or why
+    no usable answer came back)."""
 
     def __init__(self, code: int, text: str = "") -> None:
         super().__init__(code, text or os.strerror(code))
@@ -84,22 +85,19 @@ class Socket:
     def close(self) -> None:
         self._sock.close()
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
     def request(self, request: Request) -> list[Message]:
-        """Send one request and read until its ack: the messages it answered with (a get's
-        object, or a dump's objects); RtnlError if the kernel refused it."""
+        """Send one request and read until its ack (or a dump's end): the messages it answered
+        with, a get's object or a dump's objects; RtnlError if the kernel refused it. A dump
+        the kernel marks as interrupted (the table changed meanwhile) is taken again."""
         kind, flags, body = request
         for _ in range(DUMP_TRIES):
-            seq = self.send(kind, flags | NLM_F_REQUEST, body)
+            seq = self._send(kind, flags | NLM_F_REQUEST, body)
             answers, interrupted = self._answers(seq)
             if not interrupted:
                 return answers
         raise RtnlError(errno.EINTR, "the dump was interrupted by changes, again and again")
 
-    def send(self, kind: int, flags: int, body: bytes) -> int:
-        """Write one message; returns its sequence number."""
+    def _send(self, kind: int, flags: int, body: bytes) -> int:
         self._seq += 1
         self._sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, self._seq, 0) + body)
         return self._seq
@@ -119,11 +117,9 @@ class Socket:
                 if got != seq:
                     continue  # an answer to an earlier request we stopped waiting for
                 if kind in (NLMSG_ERROR, NLMSG_DONE):  # the ack, or the end of a dump
-                    code = -ERRNO.unpack_from(body)[0] if len(body) >= ERRNO.size else 0
+                    code, words = error_of(body, msg_flags)
                     if code:
-                        raise RtnlError(
-                            code, ack_text(body, msg_flags) if kind == NLMSG_ERROR else ""
-                        )
+                        raise RtnlError(code, words)
                     return answers, interrupted
                 interrupted |= bool(msg_flags & NLM_F_DUMP_INTR)
                 answers.append(Message(kind, body))
@@ -216,22 +212,14 @@ def align4(length: int) -> int:
     return (length + 3) & ~3
 
 
-def ack_of(data: bytes, seq: int) -> tuple[int | None, str]:
-    """(errno, extended-ack text) of the NLMSG_ERROR answering ``seq`` in ``data`` (0: success),
-    or (None, "") when ``data`` holds no answer to it."""
-    for kind, flags, got, body in messages(data):
-        if kind == NLMSG_ERROR and got == seq:
-            code = -ERRNO.unpack_from(body)[0]
-            return code, ack_text(body, flags) if code else ""
-    return None, ""
-
-
-def ack_text(body: bytes, flags: int) -> str:
-    """NLMSGERR_ATTR_MSG of an extended ack: the kernel's own words for what went wrong."""
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
+def error_of(body: bytes, flags: int) -> tuple[int, str]:
+    """(errno, the kernel's words) of an NLMSG_ERROR or NLMSG_DONE: (0, "") is success. The
+    words are an extended ack's NLMSGERR_ATTR_MSG, after the echoed request (or its header)."""
+    code = -ERRNO.unpack_from(body)[0] if len(body) >= ERRNO.size else 0
+    if not code or not flags & NLM_F_ACK_TLVS:
+        return code, ""
     echoed = NLMSGHDR.size if flags & NLM_F_CAPPED else NLMSGHDR.unpack_from(body, ERRNO.size)[0]
-    return text(attrs(body, ERRNO.size + align4(echoed)).get(NLMSGERR_ATTR_MSG)) or ""
+    return code, text(attrs(body, ERRNO.size + align4(echoed)).get(NLMSGERR_ATTR_MSG)) or ""
 
 
 # --- the requests ---------------------------------------------------------------------------
@@ -320,13 +308,6 @@ def add_u32_redirect(index: int, protocol: int, pref: int, target: int) -> Reque
 def dump_filters(index: int, parent: int) -> Request:
     """``tc filter show dev DEV parent PARENT``"""
     return RTM_GETTFILTER, NLM_F_DUMP, TCMSG.pack(0, index, 0, parent, 0)
-
-
-def plug_request(seq: int, index: int, action: int, limit: int) -> bytes:
-    """The whole 60-byte ``tc qdisc change … plug`` message, header included."""
-    kind, flags, body = change_plug(index, action, limit)
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags | NLM_F_REQUEST, seq, 0)
-    return header + body
 
 
 def _plug(index: int, action: int, limit: int) -> bytes:
