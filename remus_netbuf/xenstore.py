@@ -191,6 +191,7 @@ class Xenstore:
                 for path in paths
             ]
             answers: list[bytes | None] = []
+            waiting[-1].get()  # in order: once the last answer is in, so are all (one wake-up)
             for rvar in waiting:
                 packet = rvar.get()
                 if packet.op == Op.ERROR:
