@@ -252,11 +252,10 @@ def domid_of(text: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import logging
-
     from .check import exit_status, render_json, render_text, run_checks
+    from .log import WARNING, log
 
-    logging.getLogger("remus_netbuf").setLevel(logging.WARNING)  # the probe's steps: not news
+    log.set_level(WARNING)  # the probe's steps: not news
     results = run_checks(os.environ, args.xl_conf)
     sys.stdout.write(render_json(results) if args.json else render_text(results))
     return exit_status(results)

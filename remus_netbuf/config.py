@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ConfigError
 
@@ -20,8 +20,7 @@ _FALSE = ("0", "no", "false", "off")
 PLUG_LIMIT_MAX = 2**32 - 1  # the kernel's tc_plug_qopt.limit is a u32
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """What the netbuf does; the defaults are what libxl's users get without a file."""
 
     plug_limit: int = 10_000_000

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NETBUF_ROOT = "/libxl"
 
 
-@dataclass(frozen=True)
-class Ifb:
+class Ifb(NamedTuple):
     """An IFB device as the kernel shows it."""
 
     name: str
@@ -23,8 +22,7 @@ class Ifb:
     added_root: bool = False  # the root qdisc was added (it has a handle), not the kernel's own
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     """``/libxl/<domid>/remus/netbuf/<devid>/ifb = <ifb>``: a netbuf's claim on an IFB."""
 
     domid: int
@@ -54,8 +52,7 @@ def live_claims(claims: Iterable[Claim], live_domids: Collection[int]) -> list[C
 IFB_NAME = re.compile(r"ifb[0-9]+")  # as the ifb module, Xen's scripts and we name them
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """The outcome of picking: the IFB, or None with the reason listing every IFB's owner."""
 
     ifb: str | None
@@ -112,8 +109,7 @@ def next_ifb_name(existing: Collection[str]) -> str:
     return f"ifb{number}"
 
 
-@dataclass(frozen=True)
-class TeardownPlan:
+class TeardownPlan(NamedTuple):
     """What a teardown undoes beyond what it always undoes (the vif's ingress, the status nodes)."""
 
     free_ifb: str | None  # bring down and unplug this IFB

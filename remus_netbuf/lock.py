@@ -11,19 +11,18 @@ symbolic link, or a directory not owned by root or writable by group or others, 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import LockError
+from .log import log
 
 LOCK_NAME = "pickifb"
 LOCK_TIMEOUT = 30.0  # libxl kills the script after 40 s; leave time to report
 WAIT_NOTICE = 1.0  # seconds of waiting after which we say whom we wait for
 PROC_LOCKS = "/proc/locks"
-log = logging.getLogger("remus_netbuf")
 
 
 @contextmanager

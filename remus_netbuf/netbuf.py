@@ -9,42 +9,40 @@ from :mod:`.decide`.
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 
 from .config import Config
 from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
 from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
 from .lock import pickifb_lock
-from .log import SECONDARY
+from .log import SECONDARY, log
 from .netlink import Netlink, link_exists
 from .request import Request
 from .xenstore import Xenstore, socket_path
 
-log = logging.getLogger("remus_netbuf")
 KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when this step starts
 
 
-@dataclass
 class Run:
     """The state of one hotplug run: which step it is at and how to undo what it did."""
 
-    request: Request
-    ifb: str | None = None
-    step: str = "start"
-    undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
-    kill_at: str | None = None
+    def __init__(self, request: Request, ifb: str | None = None, kill_at: str | None = None):
+        self.request = request
+        self.ifb = ifb
+        self.step = "start"
+        self.undo: list[tuple[str, Callable[[], object]]] = []
+        self.kill_at = kill_at
 
     @contextmanager
     def at(self, step: str) -> Iterator[None]:
         """Run a step; a NetbufError inside becomes StepFailed naming vif, IFB and step."""
         self.step = step
         if self.kill_at == step:
+            import signal
+
             os.kill(os.getpid(), signal.SIGKILL)
         try:
             yield

@@ -1,68 +1,55 @@
-"""All netlink: every kernel query and change of the netbuf goes through this module (pyroute2).
+"""All netlink: every kernel query and change of the netbuf goes through this module.
 
-Nothing else imports pyroute2. Every verb works in the namespace the session was opened for, and
-logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device it
-touches, so an admin can read the log and replay it. Kernel errors are translated here into
+Nothing else talks to the kernel. Every verb works in the namespace the session was opened for,
+and logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device
+it touches, so an admin can read the log and replay it. Kernel errors are translated here into
 :class:`KernelError` (or :class:`KernelLacks` when a module is missing); data crossing the
-boundary is small dataclasses, never netlink messages.
+boundary is small records (NamedTuples), never netlink messages.
 
-pyroute2 pitfalls this module steps around: its plug ``action`` must be a full name
-(``'TCQ_PLUG_BUFFER'`` ...) since an integer silently becomes BUFFER (our epoch path encodes
-``tc_plug_qopt`` itself, below); a plug added without ``limit``
-gets limit 0 and drops every packet; ``tc('dump-filter')`` is broken in the sync API (we use
-``get-filter``); ``IPRoute(netns=...)`` creates the namespace unless ``flags=0``; deleting a missing
-ingress qdisc fails with EINVAL, so we look before we delete; the kernel answers a qdisc ``get``
-only to a request with NLM_F_ECHO (the session sets ``nlm_echo``).
+The messages themselves are :mod:`.rtnl`'s, byte for byte what the logged command sends; this
+module decodes the answers. (It used pyroute2 until start-up mattered: importing it took longer
+than a whole hotplug run may, see rtnl.) Kernel quirks stepped around: deleting a missing
+ingress qdisc fails with EINVAL, so we look before we delete; the kernel answers a qdisc get
+only to a request with NLM_F_ECHO; a plug added without options would get the default limit.
 
 The hot paths never decode every link: setup and teardown name devices through libc's
 ``if_nameindex`` and ask the kernel about single devices, so their cost does not grow with the
-number of guests (the sync API's ``nlm_request``, which could send a kind-filtered link dump,
-is broken in pyroute2 0.9: it reads a status key that is never set).
-
-The epoch path (:meth:`Netlink.plug_batch`) sends a prebuilt 60-byte ``RTM_NEWQDISC`` per
-device straight down the session's netlink socket, all devices in one write, and reads the acks
-back: one write, and one read per device, as libxl does in C for one device, where pyroute2's
-request machinery costs tens of times more.
+number of guests. The epoch path (:meth:`Netlink.plug_batch`) is one 60-byte ``RTM_NEWQDISC``
+per device, all devices in one write to the session's socket, and the acks read back: one write,
+and one read per device, as libxl does in C for one device.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
-import logging
 import os
-import select
 import socket
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import NamedTuple
 
+from . import rtnl
 from .decide import Ifb
 from .errors import KernelError, KernelLacks
+from .log import DEBUG, INFO, log
+from .rtnl import TC_H_INGRESS, TC_H_ROOT, Message, RtnlError, acks_of
 
-log = logging.getLogger("remus_netbuf")
+__all__ = ["acks_of"]  # re-exported: every ack of a datagram (rtnl)
 
-TC_H_ROOT = 0xFFFFFFFF
-INGRESS_PARENT = 0xFFFF0000  # "ffff:", where ingress filters hang
+INGRESS_PARENT = rtnl.INGRESS_HANDLE  # "ffff:", where ingress filters hang
 ETH_P = {"all": 0x0003, "ip": 0x0800}
 PROTOCOL_SETS = {"all": ("all",), "ip": ("ip",)}
 FILTER_PREF = 10  # the preference Xen's shell script uses
 PLUG_HANDLE = 0x52450000  # "5245:" ("RE"): the plug's own handle (see Netlink.add_plug)
-MIRRED_EGRESS_REDIRECT = 1
-TC_H_INGRESS = 0xFFFFFFF1  # where a device's ingress qdisc sits
+MIRRED_EGRESS_REDIRECT = rtnl.TCA_EGRESS_REDIR
 # tc's words for the plug actions -> TCQ_PLUG_* of linux/pkt_sched.h
 PLUG_ACTIONS = {"buffer": 0, "release_one": 1, "release_indefinite": 2, "limit": 3}
-ANSWER_TIMEOUT = 5.0  # seconds to wait for the kernel's ack of a plug action
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_TCMSG = struct.Struct("=BBHiIII")  # family, pad, pad, ifindex, handle, parent, info
-_NLA = struct.Struct("=HH")  # len, type
-_PLUG_QOPT = struct.Struct("=iI")  # struct tc_plug_qopt: int action; __u32 limit
-_ERRNO = struct.Struct("=i")
-RTM_NEWQDISC, NLMSG_ERROR = 36, 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x1, 0x4, 0x100, 0x200
-TCA_KIND, TCA_OPTIONS, NLMSGERR_ATTR_MSG = 1, 2, 1
+TCA_STATS, TCA_STATS2, TCA_STATS_BASIC, TCA_STATS_QUEUE = 3, 7, 1, 3
+_BASIC = struct.Struct("=QI")  # struct gnet_stats_basic: bytes, packets
+_QUEUE = struct.Struct("=IIIII")  # struct gnet_stats_queue: qlen, backlog, drops, requeues, overl.
+_TC_STATS = struct.Struct("=QIIIIIII")  # struct tc_stats: bytes, packets, drops, overlimits,
+#                                         bps, pps, qlen, backlog (before TCA_STATS2)
 _LACKS_QDISC = {
     "plug": ("sch_plug", "CONFIG_NET_SCH_PLUG"),
     "ingress": ("sch_ingress", "CONFIG_NET_SCH_INGRESS"),
@@ -72,16 +59,14 @@ _LACKS_U32 = ("cls_u32", "CONFIG_NET_CLS_U32")
 _LACKS_MIRRED = ("act_mirred", "CONFIG_NET_ACT_MIRRED")
 
 
-@dataclass(frozen=True)
-class Link:
-    index: int
+class Link(NamedTuple):
+    ifindex: int  # the kernel's ifi_index ("index" would hide tuple.index)
     name: str
     kind: str | None
     up: bool
 
 
-@dataclass(frozen=True)
-class QdiscStats:
+class QdiscStats(NamedTuple):
     """Counters of a qdisc; backlog is what the plug holds right now."""
 
     kind: str
@@ -94,8 +79,7 @@ class QdiscStats:
     overlimits: int
 
 
-@dataclass(frozen=True)
-class PlugFailure:
+class PlugFailure(NamedTuple):
     """A plug action the kernel refused on one device: its errno and its words."""
 
     ifb: str
@@ -103,8 +87,7 @@ class PlugFailure:
     reason: str
 
 
-@dataclass(frozen=True)
-class Redirect:
+class Redirect(NamedTuple):
     """An ingress filter key: a redirect to device ``ifb``, or (``other``) a key that does
     something else."""
 
@@ -114,8 +97,7 @@ class Redirect:
     other: bool = False
 
 
-@dataclass(frozen=True)
-class Survey:
+class Survey(NamedTuple):
     """What :meth:`Netlink.survey` saw: link kinds by name, the IFBs, root qdisc counters by
     device, the ingress filters by device."""
 
@@ -126,7 +108,7 @@ class Survey:
 
 
 def link_exists(name: str) -> bool:
-    """Cheap existence check in the caller's namespace (an ioctl; pyroute2 not loaded)."""
+    """Cheap existence check in the caller's namespace (an ioctl, no netlink socket)."""
     try:
         socket.if_nametoindex(name)
     except OSError:
@@ -138,18 +120,15 @@ class Netlink:
     """One rtnetlink session in one namespace (``None``: the caller's own)."""
 
     def __init__(self, netns: str | None = None) -> None:
-        from pyroute2 import IPRoute
-
         self.netns = netns
         self._tc = f"tc -n {netns}" if netns else "tc"
         self._ip = f"ip -n {netns}" if netns else "ip"
-        where = {} if netns is None else {"netns": netns, "flags": 0}
         try:
-            self._ipr = IPRoute(groups=0, ext_ack=True, nlm_echo=True, **where)
+            self._rt = rtnl.Socket(netns)
         except OSError as err:
             place = f"namespace {netns}" if netns else "the current namespace"
-            raise KernelError(detail=f"cannot open netlink in {place}: {err}") from None
-        self._seq = itertools.count(0x52454D00)  # our plug requests' numbers ("REM\0" on)
+            detail = f"cannot open netlink in {place}: {err.strerror or err}"
+            raise KernelError(detail=detail) from None
 
     def __enter__(self) -> Netlink:
         return self
@@ -158,24 +137,22 @@ class Netlink:
         self.close()
 
     def close(self) -> None:
-        self._ipr.close()
+        self._rt.close()
 
     # --- queries ----------------------------------------------------------------------------
 
     def link(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
         try:
-            with self._request(f"look up {name}"):
-                msg = self._ipr.link("get", ifname=name)[0]
+            answer = self._ask(f"look up {name}", rtnl.get_link(name))
         except KernelError as err:
             if err.fields.get("code") == errno.ENODEV:
                 return None
             raise
-        return _link(msg)
+        return _link(answer[0]) if answer else None
 
     def links(self) -> list[Link]:
-        with self._request("list links"):
-            return [_link(msg) for msg in self._ipr.get_links()]
+        return [_link(msg) for msg in self._ask("list links", rtnl.dump_links())]
 
     def link_names(self) -> set[str]:
         """The name of every link, without decoding every link: libc's ``if_nameindex`` in our
@@ -191,45 +168,45 @@ class Netlink:
         link = self.link(name)
         if link is None or link.kind != "ifb":
             return None
-        root = self._qdisc(link.index, TC_H_ROOT, name)
+        root = self._qdisc(link.ifindex, TC_H_ROOT, name)
         if root is None:
             return Ifb(name, None, link.up)
-        return Ifb(name, root.get_attr("TCA_KIND"), link.up, added_root=root["handle"] != 0)
+        return Ifb(name, _kind(root), link.up, added_root=_tcmsg(root)[1] != 0)
 
     def root_qdisc(self, name: str) -> str | None:
         """Kind of the root qdisc on ``name``; None if the device is gone or has the kernel's
         built-in default (noop, noqueue)."""
-        index = self._index(name, missing_ok=True)
+        index = self._index_or_none(name)
         root = None if index is None else self._qdisc(index, TC_H_ROOT, name)
-        return None if root is None else str(root.get_attr("TCA_KIND"))
+        return None if root is None else _kind(root)
 
     def has_ingress(self, name: str) -> bool:
         ingress = self._qdisc(self._index(name), TC_H_INGRESS, name)
-        return ingress is not None and ingress.get_attr("TCA_KIND") == "ingress"
+        return ingress is not None and _kind(ingress) == "ingress"
 
     def redirects(self, vif: str) -> list[Redirect]:
         """The mirred egress redirects on ``vif``'s ingress, with the device they point at."""
         if not self.has_ingress(vif):
             return []
-        names = {link.index: link.name for link in self.links()}
+        names = {link.ifindex: link.name for link in self.links()}
         return [f for f in self._filters(self._index(vif), vif, names) if f.ifb is not None]
 
     def ingress_filters(self, dev: str) -> list[Redirect]:
         """Every filter key on ``dev``'s ingress (see :meth:`_filters`); none without one."""
-        if self._index(dev, missing_ok=True) is None or not self.has_ingress(dev):
+        if self._index_or_none(dev) is None or not self.has_ingress(dev):
             return []
-        names = {link.index: link.name for link in self.links()}
+        names = {link.ifindex: link.name for link in self.links()}
         return self._filters(self._index(dev), dev, names)
 
     def _filters(self, index: int, name: str, names: dict[int, str]) -> list[Redirect]:
         """Every filter key on a device's ingress: its redirect target, or None for a key that
         does anything else (a policer, a classifier of someone's shaping)."""
-        with self._request(f"list filters of {name}"):
-            msgs = self._ipr.tc("get-filter", index=index, parent=INGRESS_PARENT)
+        request = rtnl.dump_filters(index, INGRESS_PARENT)
         found = []
-        for msg in msgs:
-            proto = _PROTOCOL_NAMES.get(msg["info"] & 0xFFFF, hex(msg["info"] & 0xFFFF))
-            pref = msg["info"] >> 16
+        for msg in self._ask(f"list filters of {name}", request):
+            info = rtnl.TCMSG.unpack_from(msg.body)[4]
+            proto = _PROTOCOL_NAMES.get(info & 0xFFFF, hex(info & 0xFFFF))
+            pref = info >> 16
             targets = list(_mirred_targets(msg))
             if not targets and _is_key(msg):
                 found.append(Redirect(proto, pref, None, other=True))
@@ -241,58 +218,54 @@ class Netlink:
         """One look at everything netbufs use: every link's kind, the IFBs, the counters of
         root qdiscs, and each device's ingress filters. One link dump and one qdisc dump, plus a
         filter dump per device that has an ingress qdisc."""
-        links = {link.index: link for link in self.links()}
-        with self._request("list qdiscs"):
-            qdiscs = list(self._ipr.get_qdiscs())
-        roots = {q["index"]: q for q in qdiscs if q["parent"] == TC_H_ROOT}
+        links = {link.ifindex: link for link in self.links()}
+        qdiscs = [(_tcmsg(q), q) for q in self._ask("list qdiscs", rtnl.dump_qdiscs())]
+        roots = {index: q for (index, _, parent), q in qdiscs if parent == TC_H_ROOT}
         ifbs = [
             Ifb(
                 link.name,
-                roots[i].get_attr("TCA_KIND") if i in roots else None,
+                _kind(roots[i]) if i in roots else None,
                 link.up,
-                added_root=i in roots and roots[i]["handle"] != 0,
+                added_root=i in roots and _tcmsg(roots[i])[1] != 0,
             )
             for i, link in links.items()
             if link.kind == "ifb"
         ]
         stats = {
-            links[i].name: _stats(q) for i, q in roots.items() if i in links and q["handle"] != 0
+            links[i].name: _stats(q) for i, q in roots.items() if i in links and _tcmsg(q)[1] != 0
         }
         names = {i: link.name for i, link in links.items()}
         filters: dict[str, list[Redirect]] = {}
-        for q in qdiscs:
-            if q.get_attr("TCA_KIND") != "ingress" or q["index"] not in links:
+        for (index, _, _), q in qdiscs:
+            if _kind(q) != "ingress" or index not in links:
                 continue
-            name = links[q["index"]].name
-            filters[name] = self._filters(q["index"], name, names)
+            name = links[index].name
+            filters[name] = self._filters(index, name, names)
         kinds = {link.name: link.kind for link in links.values()}
         return Survey(kinds, ifbs, stats, filters)
 
     def stats(self, name: str) -> QdiscStats | None:
         """Counters of the root qdisc on ``name`` (None if only the default is there)."""
         root = self._qdisc(self._index(name), TC_H_ROOT, name)
-        return None if root is None or root["handle"] == 0 else _stats(root)
+        return None if root is None or _tcmsg(root)[1] == 0 else _stats(root)
 
     # --- changes ----------------------------------------------------------------------------
 
     def create_ifb(self, name: str) -> None:
         self._say(name, f"{self._ip} link add {name} type ifb")
-        with self._request(f"create {name}", lacks=_LACKS_IFB):
-            self._ipr.link("add", ifname=name, kind="ifb")
+        self._ask(f"create {name}", rtnl.add_ifb(name), lacks=_LACKS_IFB)
 
     def delete_link(self, name: str, missing_ok: bool = True) -> bool:
         if missing_ok and self.link(name) is None:
             return False
         self._say(name, f"{self._ip} link del {name}")
-        with self._request(f"delete {name}"):
-            self._ipr.link("del", index=self._index(name))
+        self._ask(f"delete {name}", rtnl.delete_link(self._index(name)))
         return True
 
     def set_up(self, name: str, up: bool) -> None:
         state = "up" if up else "down"
         self._say(name, f"{self._ip} link set dev {name} {state}")
-        with self._request(f"set {name} {state}"):
-            self._ipr.link("set", index=self._index(name), state=state)
+        self._ask(f"set {name} {state}", rtnl.set_up(self._index(name), up))
 
     def add_plug(self, ifb: str, limit: int) -> None:
         """A root plug with our own handle: the kernel then refuses it over any root qdisc but
@@ -300,8 +273,8 @@ class Netlink:
         replace someone's (seen on 6.1, with tc's own ``qdisc add`` too)."""
         handle = f"{PLUG_HANDLE >> 16:x}:"
         self._say(ifb, f"{self._tc} qdisc add dev {ifb} root handle {handle} plug limit {limit}")
-        with self._request(f"add plug to {ifb}", lacks=_LACKS_QDISC["plug"]):
-            self._ipr.tc("add", "plug", self._index(ifb), handle=PLUG_HANDLE, limit=limit)
+        request = rtnl.add_plug(self._index(ifb), limit, PLUG_HANDLE)
+        self._ask(f"add plug to {ifb}", request, lacks=_LACKS_QDISC["plug"])
 
     def free_ifb(self, ifb: str) -> None:
         """Leave ``ifb`` as a fresh one: down first, then its plug removed. In that order the
@@ -323,12 +296,9 @@ class Netlink:
         self._say(
             vif, f"{self._tc} filter del dev {vif} parent ffff: protocol {protocol} pref {pref}"
         )
-        with self._request(f"remove the redirect filter of {vif}"):
-            # tcm_info carries pref and protocol; pyroute2 drops prio= without a kind
-            info = (pref << 16) | socket.htons(ETH_P[protocol])
-            self._ipr.tc("del-filter", index=index, parent=INGRESS_PARENT, info=info)
-        names = {index: vif}
-        if not self._filters(index, vif, names):
+        request = rtnl.delete_filter(index, INGRESS_PARENT, pref, ETH_P[protocol])
+        self._ask(f"remove the redirect filter of {vif}", request)
+        if not self._filters(index, vif, {index: vif}):
             self.remove_ingress(vif)
 
     def remove_plug(self, ifb: str) -> bool:
@@ -336,8 +306,7 @@ class Netlink:
         if self.root_qdisc(ifb) != "plug":
             return False
         self._say(ifb, f"{self._tc} qdisc del dev {ifb} root")
-        with self._request(f"remove plug from {ifb}"):
-            self._ipr.tc("del", index=self._index(ifb), parent=TC_H_ROOT)
+        self._ask(f"remove plug from {ifb}", rtnl.delete_root(self._index(ifb)))
         return True
 
     def plug(self, ifb: str, action: str, limit: int = 0) -> None:
@@ -364,36 +333,29 @@ class Netlink:
         kernel refused, with its words; raises KernelError only when the socket itself fails.
         """
         words = f"limit {limit}" if action == "limit" else action
-        seqs: dict[int, str] = {}
-        batch = bytearray()
-        for index, ifb in targets:
-            self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", logging.DEBUG)
-            seq = next(self._seq)
-            seqs[seq] = ifb
-            batch += plug_request(seq, index, PLUG_ACTIONS[action], limit)
-        names = ", ".join(seqs.values())
+        for _, ifb in targets:
+            self._say(ifb, f"{self._tc} qdisc change dev {ifb} root plug {words}", DEBUG)
+        requests = [rtnl.change_plug(index, PLUG_ACTIONS[action], limit) for index, _ in targets]
+        names = ", ".join(ifb for _, ifb in targets)
         with self._request(f"plug {words} on {names}"):
-            fd = self._ipr.fileno()
-            os.write(fd, batch)
-            answers = self._await_acks(fd, set(seqs))
+            answers = self._rt.batch(requests)
         return [
-            PlugFailure(seqs[seq], code, text or os.strerror(code))
-            for seq, (code, text) in sorted(answers.items())
+            PlugFailure(ifb, code, text or os.strerror(code))
+            for (_, ifb), (code, text) in zip(targets, answers, strict=True)
             if code
         ]
 
     def add_ingress(self, vif: str) -> None:
         self._say(vif, f"{self._tc} qdisc add dev {vif} ingress")
-        with self._request(f"add ingress qdisc to {vif}", lacks=_LACKS_QDISC["ingress"]):
-            self._ipr.tc("add", "ingress", self._index(vif), INGRESS_PARENT)
+        request = rtnl.add_ingress(self._index(vif))
+        self._ask(f"add ingress qdisc to {vif}", request, lacks=_LACKS_QDISC["ingress"])
 
     def remove_ingress(self, vif: str) -> bool:
         """Delete ``vif``'s ingress qdisc and so its filters; False if vif or qdisc is gone."""
-        if self._index(vif, missing_ok=True) is None or not self.has_ingress(vif):
+        if self._index_or_none(vif) is None or not self.has_ingress(vif):
             return False
         self._say(vif, f"{self._tc} qdisc del dev {vif} ingress")
-        with self._request(f"remove ingress qdisc from {vif}"):
-            self._ipr.tc("del", "ingress", self._index(vif), INGRESS_PARENT)
+        self._ask(f"remove ingress qdisc from {vif}", rtnl.delete_ingress(self._index(vif)))
         return True
 
     def add_redirect(self, vif: str, ifb: str, protocols: str) -> None:
@@ -405,162 +367,60 @@ class Netlink:
                 f"{self._tc} filter add dev {vif} parent ffff: protocol {proto} pref {FILTER_PREF}"
                 f" u32 match u32 0 0 action mirred egress redirect dev {ifb}",
             )
-            with self._request(f"add redirect filter on {vif} to {ifb}", lacks=_LACKS_U32):
-                self._ipr.tc(
-                    "add-filter",
-                    "u32",
-                    vif_index,
-                    parent=INGRESS_PARENT,
-                    protocol=ETH_P[proto],
-                    prio=FILTER_PREF,
-                    target=INGRESS_PARENT | 1,  # pyroute2 always sends a classid; unused here
-                    keys=["0x0/0x0+0"],
-                    action=[
-                        {
-                            "kind": "mirred",
-                            "direction": "egress",
-                            "action": "redirect",
-                            "ifindex": ifb_index,
-                        }
-                    ],
-                )
+            request = rtnl.add_u32_redirect(vif_index, ETH_P[proto], FILTER_PREF, ifb_index)
+            self._ask(f"add redirect filter on {vif} to {ifb}", request, lacks=_LACKS_U32)
 
     # --- internals --------------------------------------------------------------------------
 
-    @overload
-    def _index(self, name: str, missing_ok: Literal[False] = False) -> int: ...
-    @overload
-    def _index(self, name: str, missing_ok: Literal[True]) -> int | None: ...
+    def _index(self, name: str) -> int:
+        index = self._index_or_none(name)
+        if index is None:
+            raise KernelError(detail=f"device {name} not found", code=errno.ENODEV)
+        return index
 
-    def _index(self, name: str, missing_ok: bool = False) -> int | None:
+    def _index_or_none(self, name: str) -> int | None:
         """The device's index: an ioctl in our own namespace, a link request in another."""
         if self.netns is None:
             try:
                 return socket.if_nametoindex(name)
             except OSError:
-                link = None
-        else:
-            link = self.link(name)
-        if link is None:
-            if missing_ok:
                 return None
-            raise KernelError(detail=f"device {name} not found", code=errno.ENODEV)
-        return link.index
+        link = self.link(name)
+        return None if link is None else link.ifindex
 
-    def _qdisc(self, index: int, parent: int, name: str) -> Any | None:
+    def _qdisc(self, index: int, parent: int, name: str) -> Message | None:
         """The qdisc at ``parent`` (root or ingress) of device ``index``, as the kernel answers a
         one-device request; None when there is none, or only the built-in default."""
         try:
-            with self._request(f"look up the qdiscs of {name}"):
-                answer = self._ipr.tc("get", index=index, parent=parent)
+            answer = self._ask(f"look up the qdiscs of {name}", rtnl.get_qdisc(index, parent))
         except KernelError as err:
             if err.fields.get("code") in (errno.ENOENT, errno.EINVAL):
                 return None
             raise
-        return next((m for m in answer if m["header"]["type"] == RTM_NEWQDISC), None)
+        return next((m for m in answer if m.kind == rtnl.RTM_NEWQDISC), None)
 
-    def _await_acks(self, fd: int, seqs: set[int]) -> dict[int, tuple[int, str]]:
-        """Read until the kernel has answered every request in ``seqs``: (errno, its words)
-        for each, 0 for success. Answers to other requests are skipped."""
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        answers: dict[int, tuple[int, str]] = {}
-        while len(answers) < len(seqs):
-            if not poller.poll(ANSWER_TIMEOUT * 1000):
-                missing = len(seqs) - len(answers)
-                raise OSError(
-                    errno.ETIMEDOUT,
-                    f"{missing} of {len(seqs)} answers missing after {ANSWER_TIMEOUT:g} s",
-                )
-            for seq, answer in acks_of(os.read(fd, 65536)).items():
-                if seq in seqs:
-                    answers[seq] = answer
-        return answers
+    def _ask(
+        self, what: str, request: rtnl.Request, lacks: tuple[str, str] | None = None
+    ) -> list[Message]:
+        """Send ``request``; its answers, or KernelError naming ``what``."""
+        with self._request(what, lacks):
+            return self._rt.request(request)
 
-    def _say(self, dev: str, command: str, level: int = logging.INFO) -> None:
+    def _say(self, dev: str, command: str, level: int = INFO) -> None:
         log.log(level, "%s: %s", dev, command)
 
     @contextmanager
     def _request(self, what: str, lacks: tuple[str, str] | None = None) -> Iterator[None]:
-        """Translate pyroute2's and the socket's errors into KernelError naming ``what``."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
+        """Translate the kernel's and the socket's errors into KernelError naming ``what``."""
         try:
             yield
-        except NetlinkError as err:
-            text = (
-                err.args[1]
-                if len(err.args) > 1 and err.args[1]
-                else errno.errorcode.get(err.code, str(err.code))
-            )
-            if lacks is not None and err.code in (errno.ENOENT, errno.EOPNOTSUPP):
-                feature, config = _missing(lacks, str(text))
-                raise KernelLacks(feature=feature, config=config, code=err.code) from None
-            raise KernelError(detail=f"{what}: {text}", code=err.code) from None
-        except OSError as err:
-            raise KernelError(detail=f"{what}: {err.strerror or err}", code=err.errno) from None
-
-
-def plug_request(seq: int, index: int, action: int, limit: int) -> bytes:
-    """RTM_NEWQDISC changing the root plug of device ``index``: what ``tc`` and libnl send."""
-    body = _TCMSG.pack(socket.AF_UNSPEC, 0, 0, index, 0, TC_H_ROOT, 0)
-    body += _nla(TCA_KIND, b"plug\0") + _nla(TCA_OPTIONS, _PLUG_QOPT.pack(action, limit))
-    flags = NLM_F_REQUEST | NLM_F_ACK
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWQDISC, flags, seq, 0) + body
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    length = _NLA.size + len(payload)
-    return _NLA.pack(length, kind) + payload + b"\0" * (_align4(length) - length)
-
-
-def _align4(length: int) -> int:
-    """Netlink messages and attributes start on 4-byte boundaries (NLMSG_ALIGN, NLA_ALIGN)."""
-    return (length + 3) & ~3
-
-
-def ack_of(data: bytes, seq: int) -> tuple[int | None, str]:
-    """(errno, extended-ack text) of the NLMSG_ERROR answering ``seq`` in ``data`` (0: success),
-    or (None, "") when ``data`` holds no answer to it."""
-    return acks_of(data).get(seq, (None, ""))
-
-
-def acks_of(data: bytes) -> dict[int, tuple[int, str]]:
-    """Every NLMSG_ERROR in ``data`` by the sequence number it answers: (errno, extended-ack
-    text), errno 0 for success. Other messages are skipped."""
-    answers: dict[int, tuple[int, str]] = {}
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, flags, seq, _ = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
-            break
-        message = data[offset : offset + length]
-        if kind == NLMSG_ERROR and len(message) >= _NLMSGHDR.size + _ERRNO.size:
-            code = -_ERRNO.unpack_from(message, _NLMSGHDR.size)[0]
-            answers[seq] = (code, _ack_text(message, flags) if code else "")
-        offset += _align4(length)
-    return answers
-
-
-def _ack_text(message: bytes, flags: int) -> str:
-    """NLMSGERR_ATTR_MSG of an extended ack: the kernel's own words for what went wrong."""
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
-    start = _NLMSGHDR.size + _ERRNO.size  # then the request's header, or all of the request
-    echoed = _NLMSGHDR.size if flags & NLM_F_CAPPED else _NLMSGHDR.unpack_from(message, start)[0]
-    offset = start + _align4(echoed)
-    while offset + _NLA.size <= len(message):
-        length, kind = _NLA.unpack_from(message, offset)
-        if length < _NLA.size:
-            break
-        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
-            return (
-                message[offset + _NLA.size : offset + length]
-                .split(b"\0")[0]
-                .decode("ascii", "replace")
-            )
-        offset += _align4(length)
-    return ""
+        except OSError as err:  # RtnlError: the kernel refused; else the socket failed
+            code, text = err.errno, err.strerror or str(err)
+            refused = isinstance(err, RtnlError)
+            if refused and lacks is not None and code in (errno.ENOENT, errno.EOPNOTSUPP):
+                feature, config = _missing(lacks, text)
+                raise KernelLacks(feature=feature, config=config, code=code) from None
+            raise KernelError(detail=f"{what}: {text}", code=code) from None
 
 
 def _missing(lacks: tuple[str, str], text: str) -> tuple[str, str]:
@@ -570,49 +430,74 @@ def _missing(lacks: tuple[str, str], text: str) -> tuple[str, str]:
     return lacks
 
 
-def _link(msg: Any) -> Link:
-    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"), kind, bool(msg["flags"] & 1))
+def _link(msg: Message) -> Link:
+    _, _, index, flags, _ = rtnl.IFINFOMSG.unpack_from(msg.body)
+    found = rtnl.attrs(msg.body, rtnl.IFINFOMSG.size)
+    info = found.get(rtnl.IFLA_LINKINFO)
+    kind = rtnl.text(rtnl.attrs(info).get(rtnl.IFLA_INFO_KIND)) if info is not None else None
+    return Link(
+        index, rtnl.text(found.get(rtnl.IFLA_IFNAME)) or "", kind, bool(flags & rtnl.IFF_UP)
+    )
+
+
+def _tcmsg(msg: Message) -> tuple[int, int, int]:
+    """(ifindex, handle, parent) of a qdisc or filter message."""
+    _, index, handle, parent, _ = rtnl.TCMSG.unpack_from(msg.body)
+    return index, handle, parent
+
+
+def _kind(msg: Message) -> str | None:
+    return rtnl.text(rtnl.attrs(msg.body, rtnl.TCMSG.size).get(rtnl.TCA_KIND))
 
 
 _PROTOCOL_NAMES = {socket.htons(v): k for k, v in ETH_P.items()}
 
 
-def _is_key(msg: Any) -> bool:
+def _is_key(msg: Message) -> bool:
     """Whether a u32 filter message is a key (it matches), not a hash table or divisor."""
-    options = msg.get_attr("TCA_OPTIONS")
-    return options is not None and options.get_attr("TCA_U32_SEL") is not None
+    options = rtnl.attrs(msg.body, rtnl.TCMSG.size).get(rtnl.TCA_OPTIONS)
+    return options is not None and rtnl.TCA_U32_SEL in rtnl.attrs(options)
 
 
-def _mirred_targets(msg: Any) -> Iterator[int]:
-    options = msg.get_attr("TCA_OPTIONS")
-    acts = options.get_attr("TCA_U32_ACT") if options is not None else None
-    if acts is None:
+def _mirred_targets(msg: Message) -> Iterator[int]:
+    """The devices a u32 filter's mirred actions redirect to (egress)."""
+    found = rtnl.attrs(msg.body, rtnl.TCMSG.size)
+    if rtnl.text(found.get(rtnl.TCA_KIND)) != "u32" or rtnl.TCA_OPTIONS not in found:
         return
-    for _, act in acts["attrs"]:
-        if act.get_attr("TCA_ACT_KIND") != "mirred":
+    acts = rtnl.attrs(found[rtnl.TCA_OPTIONS]).get(rtnl.TCA_U32_ACT)
+    for act in rtnl.attrs(acts or b"").values():  # one per action, by its order
+        action = rtnl.attrs(act)
+        if rtnl.text(action.get(rtnl.TCA_ACT_KIND)) != "mirred":
             continue
-        parms = act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")
-        if parms["eaction"] == MIRRED_EGRESS_REDIRECT:
-            yield parms["ifindex"]
+        options = rtnl.attrs(action.get(rtnl.TCA_ACT_OPTIONS, b""))
+        parms = options.get(rtnl.TCA_MIRRED_PARMS, b"")
+        if len(parms) >= rtnl.MIRRED.size:
+            *_, eaction, ifindex = rtnl.MIRRED.unpack_from(parms)
+            if eaction == MIRRED_EGRESS_REDIRECT:
+                yield ifindex
 
 
-def _stats(q: Any) -> QdiscStats:
-    stats2 = q.get_attr("TCA_STATS2")
-    basic = stats2.get_attr("TCA_STATS_BASIC") if stats2 is not None else None
-    queue = stats2.get_attr("TCA_STATS_QUEUE") if stats2 is not None else None
-    legacy = q.get_attr("TCA_STATS") or {}
-    basic = basic or legacy
-    queue = queue or legacy
+def _stats(msg: Message) -> QdiscStats:
+    found = rtnl.attrs(msg.body, rtnl.TCMSG.size)
+    stats2 = rtnl.attrs(found.get(TCA_STATS2, b""))
+    basic, queue = stats2.get(TCA_STATS_BASIC, b""), stats2.get(TCA_STATS_QUEUE, b"")
+    if len(basic) >= _BASIC.size and len(queue) >= _QUEUE.size:
+        sent, packets = _BASIC.unpack_from(basic)
+        qlen, backlog, drops, requeues, overlimits = _QUEUE.unpack_from(queue)
+    else:  # a kernel without TCA_STATS2 (before 2.6.x); no requeues there
+        legacy = found.get(TCA_STATS, b"")
+        fields = _TC_STATS.unpack_from(legacy) if len(legacy) >= _TC_STATS.size else (0,) * 8
+        sent, packets, drops, overlimits, _, _, qlen, backlog = fields
+        requeues = 0
     return QdiscStats(
-        kind=q.get_attr("TCA_KIND"),
-        bytes=basic.get("bytes", 0),
-        packets=basic.get("packets", 0),
-        backlog_bytes=queue.get("backlog", 0),
-        backlog_packets=queue.get("qlen", 0),
-        drops=queue.get("drops", 0),
-        requeues=queue.get("requeues", 0),
-        overlimits=queue.get("overlimits", 0),
+        kind=_kind(msg) or "",
+        bytes=sent,
+        packets=packets,
+        backlog_bytes=backlog,
+        backlog_packets=qlen,
+        drops=drops,
+        requeues=requeues,
+        overlimits=overlimits,
     )
 
 
@@ -620,36 +505,27 @@ def _stats(q: Any) -> QdiscStats:
 
 
 def create_netns(name: str) -> None:
-    """Create the named network namespace, as ``ip netns add NAME`` does (pyroute2 forks a child
-    that unshares and bind-mounts it under /run/netns; no program is run)."""
-    from pyroute2 import netns
-
+    """Create the named network namespace, as ``ip netns add NAME`` does (see rtnl)."""
     log.debug("%s: ip netns add %s", name, name)
     try:
-        netns.create(name)
-    except (OSError, RuntimeError) as err:
+        rtnl.create_netns(name)
+    except OSError as err:
         raise KernelError(detail=f"create network namespace {name}: {_why(err)}") from None
 
 
 def remove_netns(name: str) -> None:
     """Delete the named network namespace and so everything in it (``ip netns del NAME``)."""
-    from pyroute2 import netns
-
     log.debug("%s: ip netns del %s", name, name)
     try:
-        netns.remove(name)
+        rtnl.remove_netns(name)
     except OSError as err:
         raise KernelError(detail=f"delete network namespace {name}: {_why(err)}") from None
 
 
 def list_netns() -> list[str]:
     """The named network namespaces (``ip netns list``)."""
-    from pyroute2 import netns
-
-    return sorted(netns.listnetns())
+    return rtnl.list_netns()
 
 
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.errno:
-        return os.strerror(err.errno)
-    return str(err) or type(err).__name__
+def _why(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err) or type(err).__name__

@@ -41,15 +41,13 @@ request per IFB, so the vifs' epoch marks are set within one system call.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import EpochOutstanding, KernelError, PlugError
+from .log import log
 from .netlink import Netlink, QdiscStats
-
-log = logging.getLogger("remus_netbuf")
 
 
 @dataclass
@@ -236,7 +234,7 @@ class PlugGroup:
         root = self._nl.root_qdisc(ifb)
         if root != "plug":
             raise KernelError(detail=f"root qdisc is {root or 'the default'}, not plug")
-        return link.index
+        return link.ifindex
 
 
 class Plug:

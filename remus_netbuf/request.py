@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import BadRequest
 
@@ -22,8 +22,7 @@ _XENBUS = re.compile(r"/libxl/(0|[1-9][0-9]{0,4})/remus/netbuf/(0|[1-9][0-9]{0,8
 DOMID_FIRST_RESERVED = 0x7FF0  # xen/include/public/xen.h: domids at or above are not guests
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """A validated hotplug request."""
 
     command: str

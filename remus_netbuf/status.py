@@ -8,15 +8,14 @@ anomalies that belong to no live netbuf.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict
 from typing import Any
 
 from .audit import Anomaly, Plugged, Repair, Row, Snapshot, anomalies, rows, vif_name
+from .log import log
 from .netlink import Netlink
 from .xenstore import Xenstore
 
-log = logging.getLogger("remus_netbuf")
 JSON_VERSION = 1
 BACKEND_VIF = "/local/domain/0/backend/vif"
 

@@ -12,7 +12,6 @@ which rides out a xenstored restart; a daemon that stays away is an error.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,9 +23,9 @@ from pyxs.helpers import error as pyxs_error
 
 from .decide import NETBUF_ROOT, Claim
 from .errors import XenstoreError, one_line
+from .log import log
 
 T = TypeVar("T")
-log = logging.getLogger("remus_netbuf")
 DEFAULT_SOCKET = "/var/run/xenstored/socket"
 XENBUS_DEVICE = "/dev/xen/xenbus"
 TX_ATTEMPTS = 50  # EAGAIN retries of one transaction before giving up
@@ -213,6 +212,7 @@ class Xenstore:
                 for path in paths
             ]
             answers: list[bytes | None] = []
+            waiting[-1].get()  # in order: once the last answer is in, so are all (one wake-up)
             for rvar in waiting:
                 packet = rvar.get()
                 if packet.op == Op.ERROR:

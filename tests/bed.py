@@ -3,7 +3,7 @@
 The product runs as libxl runs it: ``remus-netbuf-setup`` as a separate process, here inside the
 namespace (``ip netns exec``), talking the real xenstore wire protocol to our stand-in. What it
 did is then checked with the real ``tc`` and ``ip`` (JSON output), an observer independent of
-pyroute2, and by reading the stand-in's tree.
+the product's netlink code, and by reading the stand-in's tree.
 """
 
 from __future__ import annotations

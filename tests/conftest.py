@@ -8,6 +8,7 @@ pytest_plugins = ["tests.vmtier"]
 # ------------------------------------------------------------------------------------------
 
 import os  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -22,3 +23,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if any(wheels.FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
         wheels.build()
+
+
+@pytest.fixture(autouse=True)
+def _package_log_restored() -> Iterator[None]:
+    """A test that runs one of our programs in-process (``cli.main``) configures the package's
+    logger for a program run; put it back, so later tests see the library's logging again."""
+    from remus_netbuf.log import log
+
+    saved = dict(vars(log))
+    yield
+    vars(log).clear()
+    vars(log).update(saved)

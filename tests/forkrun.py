@@ -1,14 +1,14 @@
 """Fork runner: each product run is a forked child of the test process, not a new interpreter.
 
-Why fork: in a TCG VM (the kernel tier) Python runs ~17x slower and ``import pyroute2`` alone
-takes seconds, so a ``remus-netbuf-setup`` subprocess per run is far too slow for the hundreds of
-runs the guarantee tests make. Here the test process imports the product and its libraries
-once (:func:`preload`); each run is an ``os.fork()`` whose child, before anything else, enters
-the bed's network namespace with ``setns`` (the child is single-threaded, so the whole process
-moves), takes the environment it is given as ``os.environ``, sends fd 1 and 2 to files, calls
-``remus_netbuf.hotplug.main(argv)`` (or ``remus_netbuf.cli.main(argv)``) and leaves with
-``_exit(rc)``. The parent waits with a deadline and collects the exit status (-9 for SIGKILL,
-as the REMUS_NETBUF_TEST_KILL_AT hook does), stdout and stderr.
+Why fork: in a TCG VM (the kernel tier) Python runs ~17x slower and importing the product's
+libraries takes seconds, so a ``remus-netbuf-setup`` subprocess per run is far too slow for the
+hundreds of runs the guarantee tests make. Here the test process imports the product and its
+libraries once (:func:`preload`); each run is an ``os.fork()`` whose child, before anything else,
+enters the bed's network namespace with ``setns`` (the child is single-threaded, so the whole
+process moves), takes the environment it is given as ``os.environ``, sends fd 1 and 2 to files,
+calls ``remus_netbuf.hotplug.main(argv)`` (or ``remus_netbuf.cli.main(argv)``) and leaves with
+``_exit(rc)``. The parent waits with a deadline and collects the exit status (-9 for SIGKILL, as the
+REMUS_NETBUF_TEST_KILL_AT hook does), stdout and stderr.
 
 Each child is a separate process with its own xenstore connection, netlink socket and flock
 descriptor: what concurrent libxl hotplug runs are, minus interpreter start-up, so the lock
@@ -48,13 +48,14 @@ CLONE_NEWNET = 0x40000000
 EXIT_CRASHED = 70  # the child raised past the entry point (EX_SOFTWARE): a traceback follows
 _libc = ctypes.CDLL(None, use_errno=True)
 
-# Everything a run imports, so that no child pays for an import (seconds for pyroute2 in a VM).
+# Everything a run imports, so that no child pays for an import (seconds in a TCG VM).
 PRELOAD = (
     "remus_netbuf.hotplug",
     "remus_netbuf.cli",
     "remus_netbuf.config",
     "remus_netbuf.netbuf",
     "remus_netbuf.netlink",
+    "remus_netbuf.rtnl",
     "remus_netbuf.xenstore",
     "remus_netbuf.lock",
     "remus_netbuf.status",
@@ -62,13 +63,6 @@ PRELOAD = (
     "remus_netbuf.log",
     "filelock",
     "pyxs",
-    "pyroute2",
-    "pyroute2.netlink.exceptions",
-    "pyroute2.netlink.rtnl.tcmsg",
-    "pyroute2.netlink.rtnl.tcmsg.sched_plug",
-    "pyroute2.netlink.rtnl.tcmsg.sched_ingress",
-    "pyroute2.netlink.rtnl.tcmsg.cls_u32",
-    "pyroute2.netlink.rtnl.tcmsg.act_mirred",
     "argparse",
     "syslog",
 )
@@ -78,7 +72,6 @@ def preload() -> None:
     """Import once in the test process what every child would otherwise import."""
     for name in PRELOAD:
         importlib.import_module(name)
-    from pyroute2 import IPRoute  # noqa: F401  (pyroute2 resolves it lazily)
 
 
 def _entry(program: str) -> Callable[[list[str]], int]:

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from remus_netbuf import rtnl
 from remus_netbuf.errors import KernelError, KernelLacks
-from remus_netbuf.netlink import Netlink, PlugFailure, ack_of, acks_of, plug_request
+from remus_netbuf.netlink import Netlink, PlugFailure, acks_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
@@ -165,24 +166,28 @@ def test_unknown_namespace_is_not_created(nl: Netlink) -> None:
     assert ghost not in run("ip", "netns", "list")
 
 
-def test_ack_of_reads_success_errors_and_the_kernels_words() -> None:
-    request = plug_request(7, 3, 1, 0)
-    assert len(request) == 60  # nlmsghdr 16, tcmsg 20, kind "plug" 12, tc_plug_qopt 12
-    header = struct.Struct("=IHHII")
+def test_stats_are_the_counters_tc_reads(ns: str, nl: Netlink) -> None:
+    """Frames through a pfifo root: the counters read back are those tc -s shows."""
+    run("ip", "-n", ns, "link", "set", "guest", "up")
+    run("ip", "-n", ns, "link", "set", "vif3.1", "up")
+    run("tc", "-n", ns, "qdisc", "add", "dev", "vif3.1", "root", "pfifo", "limit", "100")
+    send = "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+    send += "s.bind(('vif3.1', 0))\n"  # raw frames: out through vif3.1's root qdisc
+    send += "for _ in range(5): s.send(b'\\xff' * 6 + b'\\x02' * 6 + b'\\x88\\xb5' + b'x' * 86)"
+    subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", send], check=True)
 
-    def error(seq: int, code: int, flags: int = 0, tlvs: bytes = b"") -> bytes:
-        echoed = request[:16] if flags & 0x100 else request
-        body = struct.pack("=i", code) + echoed + tlvs
-        return header.pack(16 + len(body), 2, flags, seq, 0) + body
+    def shown() -> dict[str, object]:
+        return next(q for q in tc_json(ns, "-s", "qdisc", "show", "dev", "vif3.1") if q["root"])
 
-    words = b"Specified qdisc not found\0"
-    tlv = struct.pack("=HH", 4 + len(words), 1) + words + b"\0" * (-len(words) % 4)
-    assert ack_of(error(7, 0), 7) == (0, "")
-    assert ack_of(error(8, 0), 7) == (None, "")  # another request's answer
-    assert ack_of(error(6, 0) + error(7, -errno.ENOENT), 7) == (errno.ENOENT, "")
-    assert ack_of(error(7, -errno.ENOENT, 0x300, tlv), 7) == (errno.ENOENT, words[:-1].decode())
-    assert ack_of(error(7, -errno.EINVAL, 0x200, tlv), 7) == (errno.EINVAL, words[:-1].decode())
-    assert ack_of(b"", 7) == (None, "")
+    before = shown()
+    stats = nl.stats("vif3.1")
+    after = shown()
+    assert stats is not None and stats.kind == "pfifo"
+    assert 5 <= before["packets"] <= stats.packets <= after["packets"]  # type: ignore[operator]
+    assert stats.bytes >= 5 * 100
+    assert before["bytes"] <= stats.bytes <= after["bytes"]  # type: ignore[operator]
+    assert (stats.drops, stats.overlimits, stats.requeues) == (0, 0, 0)
+    assert (stats.backlog_bytes, stats.backlog_packets) == (0, 0)
 
 
 def nlmsgerr(seq: int, code: int, request: bytes = b"", words: bytes = b"") -> bytes:
@@ -219,6 +224,12 @@ class FakeKernel:
     def fileno(self) -> int:
         return self.ours.fileno()
 
+    def send(self, data: bytes) -> int:
+        return self.ours.send(data)
+
+    def recvmsg(self, size: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, object]:
+        return self.ours.recvmsg(size)
+
     def close(self) -> None:
         self.thread.join()
         self.ours.close()
@@ -245,10 +256,8 @@ class FakeKernel:
 def test_plug_batch_is_one_write_and_maps_every_answer_to_its_ifb(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import pyroute2
-
     kernel = FakeKernel(refuse=12)
-    monkeypatch.setattr(pyroute2, "IPRoute", lambda **kwargs: kernel)
+    monkeypatch.setattr(rtnl, "_open", lambda netns: kernel)
     with Netlink() as nl:
         failures = nl.plug_batch([(11, "ifb0"), (12, "ifb1"), (13, "ifb2")], "buffer")
     assert failures == [PlugFailure("ifb1", errno.EINVAL, "Invalid qdisc name")]
@@ -258,7 +267,8 @@ def test_plug_batch_is_one_write_and_maps_every_answer_to_its_ifb(
     assert [h[1] for h in headers] == [36] * 3  # RTM_NEWQDISC
     assert len({h[3] for h in headers}) == 3  # distinct sequence numbers
     assert [struct.unpack_from("=BBHiIII", batch, 60 * i + 16)[3] for i in range(3)] == [11, 12, 13]
-    assert batch[:60] == plug_request(headers[0][3], 11, 0, 0)
+    kind, flags, body = rtnl.change_plug(11, 0, 0)  # tc qdisc change dev ifb0 root plug buffer
+    assert batch[:60] == struct.pack("=IHHII", 60, kind, flags | 1, headers[0][3], 0) + body
 
 
 def test_plug_batch_names_each_ifb_the_kernel_refused(ns: str, nl: Netlink) -> None:
@@ -269,7 +279,7 @@ def test_plug_batch_names_each_ifb_the_kernel_refused(ns: str, nl: Netlink) -> N
         nl.set_up(name, True)
     run("tc", "-n", ns, "qdisc", "add", "dev", "ifb1", "root", "pfifo", "limit", "10")
     links = [nl.link(name) for name in ("ifb0", "ifb1", "ifb2")]
-    targets = [(link.index, link.name) for link in links if link is not None]
+    targets = [(link.ifindex, link.name) for link in links if link is not None]
     failures = nl.plug_batch(targets, "release_one")
     assert [f.ifb for f in failures] == ["ifb0", "ifb1", "ifb2"]  # none has a plug
     assert all(f.code in (errno.EINVAL, errno.ENOENT) and f.reason for f in failures)

@@ -1,0 +1,106 @@
+"""What ``remus-netbuf-setup`` loads: start-up is part of every hotplug run (issue 11).
+
+Each run is the real entry point in a bed, as libxl runs it, with ``PYTHONPROFILEIMPORTTIME``
+(``-X importtime``): its stderr names every module the interpreter imported. A module on the
+deny list, or a library loaded on a path that does not use it, fails the test with the chain of
+imports that brought it in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.bed import SETUP, Bed, make_bed, netbuf_path
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+
+VIF, PATH = "vif5.0", netbuf_path(5, 0)
+# Never on the hotplug path: pyroute2 (its __init__ alone loads ndb, ipdb, conntrack, nftables
+# and asyncio: 150 ms), what it would drag in, and what the product must not need.
+DENY = (
+    "pyroute2",
+    "asyncio",
+    "concurrent",
+    "multiprocessing",
+    "ssl",
+    "unittest",
+    "ctypes",
+    "subprocess",
+    "argparse",
+    "json",
+)
+_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$")
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[Bed]:
+    yield from make_bed(tmp_path)
+
+
+def imports(bed: Bed, *argv: str, **env: str) -> dict[str, list[str]]:
+    """Run ``remus-netbuf-setup ARGV`` in the bed; each module it imported, with the chain of
+    imports that brought it in (outermost first)."""
+    environ = {k: v for k, v in bed.env(**env).items() if not k.startswith("COVERAGE_")}
+    environ["PYTHONPROFILEIMPORTTIME"] = "1"  # and no coverage.py: it would import its own
+    done = subprocess.run(
+        ["ip", "netns", "exec", bed.ns, SETUP, *argv],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    # importtime prints a module when its import ends, after the modules it imported, each
+    # nested two spaces deeper: a module's parents are the next lines with less indentation.
+    lines = [(len(m[1]) // 2, m[2]) for m in map(_LINE.match, done.stderr.splitlines()) if m]
+    found: dict[str, list[str]] = {}
+    parents: list[tuple[int, str]] = []
+    for depth, name in reversed(lines):
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        found.setdefault(name, [p for _, p in parents] + [name])
+        parents.append((depth, name))
+    assert "remus_netbuf.hotplug" in found, done.stderr
+    return found
+
+
+def denied(found: dict[str, list[str]], deny: tuple[str, ...] = DENY) -> list[str]:
+    return [
+        " <- ".join(reversed(chain))
+        for name, chain in sorted(found.items())
+        if any(name == d or name.startswith(d + ".") for d in deny)
+    ]
+
+
+def test_setup_loads_nothing_on_the_deny_list(bed: Bed) -> None:
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0")
+    bed.domain(5)
+    found = imports(bed, "setup", vifname=VIF, XENBUS_PATH=PATH)
+    # Whether this kernel has sch_plug or not, the run got to the plug: netlink, xenstore and
+    # the lock were all on its path.
+    assert {"remus_netbuf.rtnl", "remus_netbuf.xenstore", "filelock", "pyxs"} <= set(found)
+    assert denied(found) == []
+    teardown = imports(bed, "teardown", vifname=VIF, XENBUS_PATH=PATH, REMUS_IFB="ifb0")
+    assert denied(teardown) == []
+
+
+def test_teardown_with_nothing_to_undo_takes_no_lock(bed: Bed) -> None:
+    """No lock, so no filelock; no dataclasses (which loads inspect): the records on the
+    hotplug path are NamedTuples; no logging: our programs write their log lines themselves."""
+    found = imports(bed, "teardown", vifname=VIF, XENBUS_PATH=PATH)
+    assert denied(found, (*DENY, "filelock", "dataclasses", "inspect", "logging")) == []
+
+
+def test_version_and_help_load_nothing_of_the_product(bed: Bed) -> None:
+    for flag in ("--version", "--help"):
+        found = imports(bed, flag)
+        product = {n for n in found if n.startswith("remus_netbuf.")}
+        assert product == {"remus_netbuf.hotplug"}, flag
+        assert denied(found, (*DENY, "logging", "pyxs", "filelock", "dataclasses")) == [], flag
