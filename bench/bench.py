@@ -239,7 +239,7 @@ def importtime(stderr: str) -> list[tuple[str, int, int]]:
 @contextmanager
 def native_world(others: int, spare: str, plug: bool) -> Iterator[None]:
     """Our vif1.0, a spare IFB, and ``others`` domains' vifs redirected into their IFBs
-    (plugged where the kernel can)."""
+    (plugged where the kernel can: always in the VM part)."""
     ip = [f"link add {OUR_VIF} type veth peer name g1x0", f"link set {OUR_VIF} up"]
     ip += [f"link add {spare} type ifb"]
     tc = []
@@ -428,7 +428,7 @@ def hotplug_pair(others: int) -> tuple[float, float]:
     """
     spare = f"ifb{others}"
     path = f"/libxl/{OUR_DOMID}/remus/netbuf/0"
-    with standin() as stage, world(others, spare):
+    with standin() as stage, native_world(others, spare, plug=True):
         seed_xenstore(stage.xs, others)
         env = hotplug_env(stage, OUR_VIF, OUR_DOMID)
         setup = wall_ms([SETUP, "setup"], env)
@@ -446,30 +446,6 @@ def seed_xenstore(xs: XenstoredStandin, others: int) -> None:
         xs.seed(f"/local/domain/{domid}/name", f"guest{domid}")
         xs.seed(f"{base}/ifb", f"ifb{i}")
         xs.seed(f"{base}/hotplug-status", "connected")
-
-
-@contextmanager
-def world(others: int, spare: str) -> Iterator[None]:
-    """Our vif1.0, a spare IFB, and ``others`` domains' vifs redirected into plugged IFBs."""
-    ip = [f"link add {OUR_VIF} type veth peer name g1x0", f"link set {OUR_VIF} up"]
-    ip += [f"link add {spare} type ifb"]
-    tc = []
-    for i in range(others):
-        vif, ifb = f"vif{i + 2}.0", f"ifb{i}"
-        ip += [f"link add {vif} type veth peer name g{i + 2}x0", f"link set {vif} up"]
-        ip += [f"link add {ifb} type ifb", f"link set {ifb} up"]
-        tc += [f"qdisc add dev {ifb} root plug limit 10000000", f"qdisc add dev {vif} ingress"]
-        tc += [
-            f"filter add dev {vif} parent ffff: protocol all pref 10 u32 match u32 0 0"
-            f" action mirred egress redirect dev {ifb}"
-        ]
-    devices = [OUR_VIF, spare] + [n for i in range(others) for n in (f"vif{i + 2}.0", f"ifb{i}")]
-    try:
-        _batch("ip", ip)
-        _batch("tc", tc)
-        yield
-    finally:
-        _batch("ip", [f"link del {d}" for d in devices], force=True)
 
 
 def _batch(tool: str, commands: Sequence[str], force: bool = False) -> None:
