@@ -62,7 +62,6 @@ HOTPLUG_RUNS = 7  # rounds; each runs a setup+teardown at every level, after one
 API_CYCLES = 2000
 TC_CYCLES = 20
 VM_TIMEOUT = 900.0  # a hard stop; the VM part takes about 4-6 minutes under TCG
-PRIVATE = "REMUS_NETBUF_BENCH_PRIVATE_NETNS"  # the VM part runs in a kernel of its own
 OUR_DOMID, OUR_VIF = 1, "vif1.0"
 TARGETS = {"setup_ratio": 1.3, "cycle_ratio": 50.0}
 
@@ -98,7 +97,7 @@ NATIVE_TARGETS = {"setup_ms": 100.0, "noop_teardown_ms": 40.0, "version_ms": 30.
 # Issue 11's reference, measured before the start-up work the same way (natively, a netns, the
 # stand-in xenstored): ours, whole failing run; Xen's bash script, everything but the plug.
 REFERENCE = {1: ("187-212", "39"), 63: ("193", "12800-24300")}
-IN_NATIVE_PART = "REMUS_NETBUF_BENCH_NETNS"
+PRIVATE = "REMUS_NETBUF_BENCH_NETNS"  # set for a part run under unshare --net
 
 
 def native_section() -> int:
@@ -120,7 +119,7 @@ def native_figures() -> tuple[dict[str, Any], str | None]:
     results = workdir / "native.json"
     try:
         command = ["unshare", "--net", "--", sys.executable, str(Path(__file__).resolve())]
-        env = {**os.environ, IN_NATIVE_PART: "1"}
+        env = {**os.environ, PRIVATE: "1"}
         done = subprocess.run([*command, "--native-part", str(results)], cwd=REPO, env=env)
         data = json.loads(results.read_text()) if results.exists() else {}
         return data, None if done.returncode == 0 else f"exit {done.returncode}"
@@ -130,7 +129,7 @@ def native_figures() -> tuple[dict[str, Any], str | None]:
 
 def native_part(results: Path) -> int:
     """In the private namespace: measure, writing the samples to ``results``."""
-    if os.environ.get(IN_NATIVE_PART) != "1":
+    if os.environ.get(PRIVATE) != "1":
         print("--native-part builds devices in its namespace: only under unshare --net")
         return 1
     _run(["ip", "link", "set", "lo", "up"])
