@@ -3,16 +3,21 @@
 The file is ``<lock_dir>/pickifb`` (``/var/run/xen-hotplug/pickifb``: the name Xen's own hotplug
 scripts use, so the old shell script and this one exclude each other on a host that has both).
 It is an flock, so a holder killed with SIGKILL releases it with its last descriptor and a stale
-file never blocks. The directory is created root-only; a lock path or directory that is a
-symbolic link, or a directory not owned by root or writable by group or others, is refused
-(filelock also opens with O_NOFOLLOW). After a second of waiting it says whom it waits for.
+file never blocks. Xen's locking.sh removes the file when it releases (with-lock-ex from
+chiark-utils), so a lock won on a descriptor whose file is no longer the one at the path is no
+lock at all: as locking.sh does, we then open the path again and retry. The directory is
+created root-only; a lock path or directory that is a symbolic link, or a directory not owned by
+root or writable by group or others, is refused (the file is opened with O_NOFOLLOW). After a
+second of waiting it says whom it waits for.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,35 +27,64 @@ from .log import log
 LOCK_NAME = "pickifb"
 LOCK_TIMEOUT = 30.0  # libxl kills the script after 40 s; leave time to report
 WAIT_NOTICE = 1.0  # seconds of waiting after which we say whom we wait for
+POLL = 0.01  # seconds between tries while another process holds the lock
 PROC_LOCKS = "/proc/locks"
 
 
 @contextmanager
 def pickifb_lock(lock_dir: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the exclusive pickifb lock for the ``with`` body."""
-    from filelock import FileLock, Timeout
-
     path = os.path.join(lock_dir, LOCK_NAME)
     _ensure_dir(lock_dir)
     _refuse_link(path)
-    lock = FileLock(path, timeout=timeout, mode=0o600, fallback_to_soft=False, thread_local=False)
+    deadline = time.monotonic() + timeout
     try:
-        try:
-            lock.acquire(timeout=min(WAIT_NOTICE, timeout))
-        except Timeout:
+        fd = _acquire(path, min(deadline, time.monotonic() + WAIT_NOTICE))
+        if fd is None:
             log.warning("lock %s: waiting for %s", path, holders(path))
-            lock.acquire(timeout=max(0.0, timeout - WAIT_NOTICE))
-    except Timeout:
-        detail = f"still held by another process after {timeout:g} s"
-        raise LockError(path=path, detail=detail) from None
+            fd = _acquire(path, deadline)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise LockError(path=path, detail="is a symbolic link; refusing") from None
         raise LockError(path=path, detail=err.strerror or str(err)) from None
+    if fd is None:
+        detail = f"still held by another process after {timeout:g} s"
+        raise LockError(path=path, detail=detail)
     try:
         yield
     finally:
-        lock.release()
+        os.close(fd)
+
+
+def _acquire(path: str, deadline: float) -> int | None:
+    """A descriptor holding the flock on the file that is at ``path``; None at the deadline."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        return None
+                    time.sleep(POLL)
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # its holder removed the file before it let go: lock the new one
+
+
+def _same_file(fd: int, path: str) -> bool:
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _ensure_dir(lock_dir: str) -> None:

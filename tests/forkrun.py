@@ -61,7 +61,6 @@ PRELOAD = (
     "remus_netbuf.status",
     "remus_netbuf.audit",
     "remus_netbuf.log",
-    "filelock",
     "pyxs",
     "argparse",
     "syslog",

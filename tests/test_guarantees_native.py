@@ -686,6 +686,57 @@ def test_lock_of_a_sigkilled_holder_never_blocks(bed: Bed, runner: Runner) -> No
     assert not held(lock)
 
 
+@pytest.mark.usefixtures("noplug")
+def test_lock_removed_by_xens_locking_sh_is_taken_again_not_held_twice(
+    bed: Bed, runner: Runner
+) -> None:
+    """Xen's locking.sh removes the lock file while it still holds it (release_lock), and a
+    second Xen script then locks a new file at the path. A setup that was waiting on the old
+    file must not take that as the lock: it waits for the new holder, as locking.sh does."""
+    scene(bed)
+    lock = bed.lock_dir / "pickifb"
+    passed_the_lock(runner.run(runner.hotplug("setup", VIF, PATH5), timeout=BOUND))
+    remover = subprocess.Popen(  # claim_lock, then release_lock's rm on a line of input
+        [
+            "sh",
+            "-c",
+            'exec 9<>"$1" && flock 9 && read _ && rm "$1" && exec sleep 600',
+            "a",
+            str(lock),
+        ],
+        stdin=subprocess.PIPE,
+    )
+    second = None
+    try:
+        wait_until(lambda: held(lock))
+        waiter = runner.start(runner.hotplug("setup", VIF, PATH5))
+        assert not waiter.exited(within=1.5), "setup did not wait for the held lock"
+        assert remover.stdin is not None
+        remover.stdin.write(b"\n")
+        remover.stdin.flush()
+        wait_until(lambda: not lock.exists())
+        second = subprocess.Popen(  # another Xen script's claim_lock: a new file, locked
+            ["sh", "-c", 'exec 9<>"$1" && flock 9 && exec sleep 600', "b", str(lock)]
+        )
+        wait_until(lambda: lock.exists() and held(lock))
+        remover.kill()  # the old file's flock goes: the waiter wins a lock on a removed file
+        assert not waiter.exited(within=1.5), "setup took the lock while locking.sh held it"
+        second.kill()
+        passed_the_lock(waiter.wait(timeout=BOUND))
+    finally:
+        for proc in (remover, second):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
 # --- xenstore faults ------------------------------------------------------------------------
 
 

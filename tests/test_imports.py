@@ -85,15 +85,16 @@ def test_setup_loads_nothing_on_the_deny_list(bed: Bed) -> None:
     found = imports(bed, "setup", vifname=VIF, XENBUS_PATH=PATH)
     # Whether this kernel has sch_plug or not, the run got to the plug: netlink, xenstore and
     # the lock were all on its path.
-    assert {"remus_netbuf.rtnl", "remus_netbuf.xenstore", "filelock", "pyxs"} <= set(found)
+    assert {"remus_netbuf.rtnl", "remus_netbuf.xenstore", "remus_netbuf.lock", "pyxs"} <= set(found)
     assert denied(found) == []
     teardown = imports(bed, "teardown", vifname=VIF, XENBUS_PATH=PATH, REMUS_IFB="ifb0")
     assert denied(teardown) == []
 
 
 def test_teardown_with_nothing_to_undo_takes_no_lock(bed: Bed) -> None:
-    """No lock, so no filelock; no dataclasses (which loads inspect): the records on the
-    hotplug path are NamedTuples; no logging: our programs write their log lines themselves."""
+    """No lock taken, and no filelock (the lock is fcntl.flock); no dataclasses (which loads
+    inspect): the records on the hotplug path are NamedTuples; no logging: our programs write
+    their log lines themselves."""
     found = imports(bed, "teardown", vifname=VIF, XENBUS_PATH=PATH)
     assert denied(found, (*DENY, "filelock", "dataclasses", "inspect", "logging")) == []
 
