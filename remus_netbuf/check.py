@@ -7,7 +7,8 @@ ingress qdisc and a u32 + mirred redirect (on the namespace's ``lo``, standing i
 Nothing outside that namespace is changed; the kernel may load the modules on demand, as the
 first setup would (the ``ifb`` module then also creates its ``numifbs`` IFBs in dom0).
 The rest reads: the config file, xenstored, the lock directory, the IFBs and anomalies (one
-``status`` scan), and xl.conf with the script it names.
+``status`` scan), xl.conf with the script it names, and the libxenlight xl loads (was it built
+with network buffering? :mod:`.libxenlight`).
 
 The verdicts are plain functions over what was found (:func:`exit_status`, :func:`ifb_verdict`,
 :func:`script_verdict` ...), unit-tested without a kernel.
@@ -31,6 +32,7 @@ from .errors import KernelError, KernelLacks, LockError, NetbufError
 from .xlconf import KEY, XL_CONF, netbufscript, script_xl_runs
 
 if TYPE_CHECKING:
+    from .libxenlight import Libxenlight
     from .netlink import Netlink
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -74,7 +76,9 @@ def render_json(results: list[Result]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-def run_checks(environ: Mapping[str, str], xl_conf: str = XL_CONF) -> list[Result]:
+def run_checks(
+    environ: Mapping[str, str], xl_conf: str = XL_CONF, libxenlight: str | None = None
+) -> list[Result]:
     """Every check, in the order an admin fixes them."""
     from .audit import anomalies
     from .decide import free_ifbs
@@ -90,6 +94,7 @@ def run_checks(environ: Mapping[str, str], xl_conf: str = XL_CONF) -> list[Resul
         free = free_ifbs(snap.ifbs, snap.claims, snap.live_domids)
         results.append(ifb_verdict(free, config.ifb_autocreate))
     results.append(check_script(xl_conf))
+    results.append(check_libxenlight(libxenlight))
     if snap is None:
         results.append(Result("anomalies", WARN, f"not checked: {why}", "see above"))
     else:
@@ -354,3 +359,41 @@ def script_verdict(script: Script) -> Result:
     )
     detail = f"{where}: {what}, not this installation (Xen's own script?)"
     return Result("xl-script", WARN, detail, fix)
+
+
+# --- the libxenlight xl loads -------------------------------------------------------------
+
+_LIBXL_FIX = (
+    "rebuild libxenlight (with xl and libxl-save-helper) from Xen's source with libnl3 "
+    "(libnl-route-3-dev: configure then sets CONFIG_LIBNL=y), or run xl remus -n: no network "
+    "buffering, unsafe (the guest's output leaves before its checkpoint is safe)"
+)
+
+
+def check_libxenlight(path: str | None = None) -> Result:
+    """The library at ``path``, else the one the dynamic loader finds."""
+    from .libxenlight import NotElf, find, inspect, search_dirs
+
+    found = path or find()
+    if found is None:
+        detail = f"no libxenlight in {', '.join(search_dirs())}: xl is not installed here"
+        return Result("libxenlight", WARN, detail, "install Xen's tools, then check again")
+    try:
+        return libxenlight_verdict(inspect(found))
+    except (OSError, NotElf) as err:
+        detail = f"cannot tell whether it buffers: {err}"
+        return Result("libxenlight", WARN, detail, "see the detail")
+
+
+def libxenlight_verdict(lib: Libxenlight) -> Result:
+    shown = lib.path
+    real = os.path.realpath(lib.path)
+    if real != os.path.abspath(lib.path):  # the soname link: say which file it is
+        shown += f" (-> {os.path.basename(real)})"
+    if lib.netbuf:
+        return Result("libxenlight", OK, f"{shown}: network buffering built in: {lib.evidence}")
+    detail = (
+        f'{shown}: no network buffering, {lib.evidence}: xl remus fails with "Remus: No '
+        "support for network buffering\" (Debian's libxenlight is built so)"
+    )
+    return Result("libxenlight", WARN, detail, _LIBXL_FIX)

@@ -97,15 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="preflight before xl remus: will network buffering work on this host?",
         description="Probe the kernel in a throwaway network namespace (what setup does, then "
-        "deleted), and check xenstored, the config, lock_dir, free IFBs, the script xl runs and "
-        "anomalies. One line per check: ok, warn or FAIL with the fix. Exit 0 all ok, 1 any "
-        "FAIL, 2 warnings only.",
+        "deleted), and check xenstored, the config, lock_dir, free IFBs, the script xl runs, "
+        "whether libxenlight was built with network buffering, and anomalies. One line per "
+        "check: ok, warn or FAIL with the fix. Exit 0 all ok, 1 any FAIL, 2 warnings only.",
         epilog="examples:\n  remus-netbuf check\n  remus-netbuf check --json | jq .result",
         formatter_class=raw,
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument(
         "--xl-conf", default=XL_CONF, metavar="FILE", help=f"xl.conf to read (default {XL_CONF})"
+    )
+    check.add_argument(
+        "--libxenlight",
+        metavar="FILE",
+        help="the libxenlight to inspect (default: the one xl loads, as the loader finds it)",
     )
 
     gc = sub.add_parser(
@@ -256,7 +261,7 @@ def _check(args: argparse.Namespace) -> int:
     from .log import WARNING, log
 
     log.set_level(WARNING)  # the probe's steps: not news
-    results = run_checks(os.environ, args.xl_conf)
+    results = run_checks(os.environ, args.xl_conf, args.libxenlight)
     sys.stdout.write(render_json(results) if args.json else render_text(results))
     return exit_status(results)
 
