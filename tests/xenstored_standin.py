@@ -55,7 +55,11 @@ TREE_OPS = PATH_OPS - {"WATCH", "UNWATCH"} | {"GET_DOMAIN_PATH", "IS_DOMAIN_INTR
 HOME = "/local/domain/0"  # where dom0's relative paths point
 NODE_CHARS = frozenset(string.ascii_letters + string.digits + "-/_@")
 PERM = re.compile(r"([nrwb])(\d+)")
-SEED = {"/local/domain/0/name": "Domain-0", "/tool": ""}
+SEED = {  # what xenstored itself (/tool/xenstored) and xen-init-dom0 (name, domid) make
+    "/local/domain/0/name": "Domain-0",
+    "/local/domain/0/domid": "0",
+    "/tool/xenstored": "",
+}
 
 
 class Node(NamedTuple):
