@@ -628,6 +628,8 @@ def test_wire_replies_as_xenstored(store: Store, raw: Callable[[], Raw]) -> None
     assert conn.call(2, w + b"/a") == (16, b"EINVAL\0")  # no NUL
     assert conn.call(13, b"/\0") == (16, b"EINVAL\0")
     assert conn.call(14, w + b"/a\0x1\0") == (16, b"EINVAL\0")
+    assert conn.call(14, w + b"/a\0") == (16, b"EINVAL\0")  # a path and no perms
+    assert conn.call(11, w + b"/a") == (16, b"EINVAL\0")  # WRITE: no NUL after the path
     assert conn.call(99, b"") == (16, b"ENOSYS\0")  # unknown type, as xenstored answers
     assert conn.call(15, b"") == (16, b"ENOSYS\0")
     assert conn.call(10, b"5\0") == (10, b"/local/domain/5\0")
@@ -677,6 +679,9 @@ def test_wire_watch_acks_then_fires_and_rejects_duplicates(
     assert conn.call(11, rel + b"/x\x001") == (11, b"OK\0")
     assert conn.events == [rel + b"/x\0t2\0"]  # its own change: the event came before the ack
     assert conn.call(5, w + b"\0nope\0") == (16, b"ENOENT\0")
+    assert conn.call(4, b"/bad//path\0t\0") == (16, b"EINVAL\0")  # check_watch_path()
+    assert conn.call(5, b"/bad//path\0t\0") == (16, b"ENOENT\0")  # do_unwatch() checks none
+    assert conn.call(4, w + b"\0") == (16, b"EINVAL\0")  # no token
     assert conn.call(21, b"") == (21, b"OK\0")  # RESET_WATCHES
     assert conn.call(5, w + b"\0tok\0") == (16, b"ENOENT\0")
 

@@ -228,12 +228,13 @@ class Connection:
         if len(args) != 2:
             raise XsError("EINVAL")
         raw, token = args
-        watch = Watch(raw if raw[:1] == "@" else _node_path(raw), token, raw[:1] not in "/@")
-        if not add:
+        if not add:  # xenstored's do_unwatch() does not check the path: a bad one is just unknown
+            watch = Watch(raw if raw[:1] in "/@" else f"{HOME}/{raw}", token, raw[:1] not in "/@")
             if watch not in self.watches:
                 raise XsError("ENOENT")
             self.watches.remove(watch)
             return b"OK\0", []
+        watch = Watch(raw if raw[:1] == "@" else _node_path(raw), token, raw[:1] not in "/@")
         if watch in self.watches:
             raise XsError("EEXIST")
         self.watches.append(watch)
