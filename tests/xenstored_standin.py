@@ -55,7 +55,11 @@ TREE_OPS = PATH_OPS - {"WATCH", "UNWATCH"} | {"GET_DOMAIN_PATH", "IS_DOMAIN_INTR
 HOME = "/local/domain/0"  # where dom0's relative paths point
 NODE_CHARS = frozenset(string.ascii_letters + string.digits + "-/_@")
 PERM = re.compile(r"([nrwb])(\d+)")
-SEED = {"/local/domain/0/name": "Domain-0", "/tool": ""}
+SEED = {  # what xenstored itself (/tool/xenstored) and xen-init-dom0 (name, domid) make
+    "/local/domain/0/name": "Domain-0",
+    "/local/domain/0/domid": "0",
+    "/tool/xenstored": "",
+}
 
 
 class Node(NamedTuple):
@@ -224,12 +228,13 @@ class Connection:
         if len(args) != 2:
             raise XsError("EINVAL")
         raw, token = args
-        watch = Watch(raw if raw[:1] == "@" else _node_path(raw), token, raw[:1] not in "/@")
-        if not add:
+        if not add:  # xenstored's do_unwatch() does not check the path: a bad one is just unknown
+            watch = Watch(raw if raw[:1] in "/@" else f"{HOME}/{raw}", token, raw[:1] not in "/@")
             if watch not in self.watches:
                 raise XsError("ENOENT")
             self.watches.remove(watch)
             return b"OK\0", []
+        watch = Watch(raw if raw[:1] == "@" else _node_path(raw), token, raw[:1] not in "/@")
         if watch in self.watches:
             raise XsError("EEXIST")
         self.watches.append(watch)
