@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vm-part", type=Path, help=argparse.SUPPRESS)  # results file
     parser.add_argument("--native-part", type=Path, help=argparse.SUPPRESS)  # results file
+    parser.add_argument(
+        "--native-only", action="store_true", help="only (b), the native figures: no VM boot"
+    )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     vm.exit_on_sigterm()
@@ -79,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return native_part(args.native_part)
     print("remus-netbuf benchmarks: figures, not assertions")
     native_missing = native_section()
+    if args.native_only:
+        return 1 if native_missing else 0
     before = os.getloadavg()[0]
     inside, problem = vm_figures()
     print(f"    host load average: {before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
