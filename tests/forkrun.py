@@ -57,12 +57,12 @@ PRELOAD = (
     "remus_netbuf.netlink",
     "remus_netbuf.rtnl",
     "remus_netbuf.xenstore",
+    "remus_netbuf.xswire",
     "remus_netbuf.lock",
     "remus_netbuf.status",
     "remus_netbuf.audit",
     "remus_netbuf.log",
     "filelock",
-    "pyxs",
     "argparse",
     "syslog",
 )
