@@ -27,6 +27,7 @@ timing. The exit status is 1 only when a figure could not be measured.
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import json
 import os
@@ -120,6 +121,9 @@ def native_section() -> int:
 
 def native_figures() -> tuple[dict[str, Any], str | None]:
     """Run the native part in a private network namespace; its samples, and any problem."""
+    # As installed: pip compiles every module at install time, the checkout's editable install
+    # does not, and with PYTHONDONTWRITEBYTECODE set a changed module is compiled at each run.
+    compileall.compile_dir(REPO / "remus_netbuf", quiet=1)
     workdir = Path(tempfile.mkdtemp(prefix="rnb-bench-", dir="/tmp"))
     results = workdir / "native.json"
     try:
