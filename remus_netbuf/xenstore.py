@@ -9,7 +9,7 @@ reopened once per request (a transaction is then started again from the top), wh
 xenstored restart; a daemon that stays away is an error, never a hang.
 
 The messages themselves are :mod:`.xswire`'s. (This used pyxs until start-up mattered: importing
-it and starting its router thread cost a quarter of a teardown with nothing to undo; see xswire.)
+it and starting its router thread cost a fifth of a teardown with nothing to undo; see xswire.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 their answers.
 
 Stdlib only, and on purpose, as :mod:`.rtnl` for netlink: importing pyxs, with the threading,
-queue, copy and platform modules it loads and the router thread it starts, took a quarter of a
+queue, copy and platform modules it loads and the router thread it starts, took a fifth of a
 teardown with nothing to undo (issue 11). The netbuf needs five requests (read, write, rm,
 directory, transactions), each a 16-byte header (``<IIII``: type, req_id, tx_id, len) and
 NUL-separated strings; xenstored answers with the request's type, or ``ERROR`` and an errno name.

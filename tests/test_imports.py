@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namesp
 VIF, PATH = "vif5.0", netbuf_path(5, 0)
 # Never on the hotplug path: pyroute2 (its __init__ alone loads ndb, ipdb, conntrack, nftables
 # and asyncio: 150 ms), pyxs (with threading, queue, copy and platform, and a router thread: a
-# quarter of a no-op teardown), what they would drag in, and what the product must not need.
+# fifth of a no-op teardown), what they would drag in, and what the product must not need.
 DENY = (
     "pyroute2",
     "pyxs",
