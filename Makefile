@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := remus_netbuf tests tools bench
 
-.PHONY: all deps lint test demo bench clean install uninstall
+.PHONY: all deps lint test demo bench bench-native clean install uninstall
 all: test
 
 deps:
@@ -24,6 +24,10 @@ demo: deps
 
 bench: deps
 	$(PY) bench/bench.py
+
+# Only the native figures (b): a minute or two, no VM.
+bench-native: deps
+	$(PY) bench/bench.py --native-only
 
 # On a dom0, as root (README: Install): a venv in VENV, links in SBINDIR, XENDIR/xl.conf pointed
 # at our script. WHEELS=DIR installs offline from wheels made elsewhere (pip wheel -w DIR '.[metrics]').

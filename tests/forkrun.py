@@ -57,11 +57,11 @@ PRELOAD = (
     "remus_netbuf.netlink",
     "remus_netbuf.rtnl",
     "remus_netbuf.xenstore",
+    "remus_netbuf.xswire",
     "remus_netbuf.lock",
     "remus_netbuf.status",
     "remus_netbuf.audit",
     "remus_netbuf.log",
-    "pyxs",
     "argparse",
     "syslog",
 )

@@ -1,18 +1,28 @@
-"""The xenstore module over the real wire protocol, against the stand-in xenstored."""
+"""The xenstore module over the real wire protocol, against the stand-in xenstored, with
+Debian's C clients (libxenstore) as independent observers."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from remus_netbuf import xswire
 from remus_netbuf.decide import Claim
 from remus_netbuf.errors import XenstoreError
 from remus_netbuf.xenstore import TX_ATTEMPTS, Xenstore, socket_path
 from tests.xenstored_standin import XenstoredStandin
+
+needs_c_clients = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("xenstore-read", "xenstore-write", "xenstore-list")),
+    reason="Debian's xenstore-utils (the libxenstore C clients) are not installed",
+)
 
 
 @pytest.fixture
@@ -129,3 +139,77 @@ def test_socket_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
     assert socket_path({}) == "/var/run/xenstored/socket"
     monkeypatch.setattr("remus_netbuf.xenstore.os.path.exists", lambda p: False)
     assert socket_path({}) == "/var/run/xenstored/socket"
+
+
+def test_a_close_that_fails_does_not_stop_the_reconnection(
+    xs: Xenstore, standin: XenstoredStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a connection the daemon dropped can fail (EBADF, xenbus's EIO): the run goes on
+    with a new connection, and the last close of the run raises nothing either."""
+
+    def close_fails(self: xswire.Connection) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    xs.write("/a", "1")
+    monkeypatch.setattr(xswire.Connection, "close", close_fails)
+    standin.drop_after_requests = 0
+    assert xs.read("/a") == "1"
+    standin.drop_after_requests = 1  # and inside a transaction, started again
+    xs.transaction(lambda tx: (tx.read("/a"), tx.write("/b", "2")))
+    assert standin.nodes()["/b"] == "2"
+    xs.__exit__(None, None, None)
+
+
+def test_xenstored_errors_are_named_with_their_errno(xs: Xenstore) -> None:
+    with pytest.raises(
+        XenstoreError, match=r"^xenstore: write /a//b: EINVAL \(Invalid argument\)$"
+    ):
+        xs.write("/a//b", "1")
+    with pytest.raises(XenstoreError, match=r"bad path"):
+        xs.read("/a\0/b")  # a NUL would split the path into two arguments on the wire
+    with pytest.raises(XenstoreError, match=r"bad path"):
+        xs.read("/é")
+
+
+def test_an_abandoned_transaction_is_ended_and_its_writes_dropped(
+    xs: Xenstore, standin: XenstoredStandin
+) -> None:
+    def body(tx: Xenstore) -> None:
+        tx.write("/half", "written")
+        raise RuntimeError("the body failed")
+
+    with pytest.raises(RuntimeError):
+        xs.transaction(body)
+    assert "/half" not in standin.nodes()
+    assert [op for op, _ in standin.ops_log[-3:]] == [
+        "TRANSACTION_START",
+        "WRITE",
+        "TRANSACTION_END",
+    ]
+    assert xs.tx_id == 0
+    xs.write("/after", "1")  # outside any transaction again
+    assert standin.nodes()["/after"] == "1"
+
+
+@needs_c_clients
+def test_the_c_clients_read_what_we_write_and_we_read_theirs(
+    xs: Xenstore, standin: XenstoredStandin
+) -> None:
+    env = {**os.environ, "XENSTORED_PATH": standin.socket_path}
+
+    def c_client(*argv: str) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    xs.write("/libxl/3/remus/netbuf/0/ifb", "ifb0")
+    xs.transaction(lambda tx: tx.write("/libxl/3/remus/netbuf/1/ifb", "ifb1"))
+    assert c_client("xenstore-read", "/libxl/3/remus/netbuf/0/ifb") == "ifb0\n"
+    assert c_client("xenstore-list", "/libxl/3/remus/netbuf") == "0\n1\n"
+    c_client("xenstore-write", "/local/domain/3/name", "g3", "/libxl/4/remus/netbuf/0/ifb", "ifb2")
+    assert xs.live_domids() == {3}
+    assert sorted(c.ifb for c in xs.claims()) == ["ifb0", "ifb1", "ifb2"]
+    c_client("xenstore-rm", "/libxl/3/remus/netbuf/0")
+    assert xs.read("/libxl/3/remus/netbuf/0/ifb") is None
+    xs.remove("/libxl/4")
+    assert subprocess.run(["xenstore-exists", "/libxl/4"], env=env, timeout=10).returncode == 1
