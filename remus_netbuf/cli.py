@@ -300,7 +300,7 @@ def _status_or_gc(args: argparse.Namespace) -> int:
             as_json = args.json or args.format == "json"
             sys.stdout.write(render_json(snap) if as_json else render_table(snap))
             return EXIT_ANOMALIES if anomalies(snap) else 0
-        # As teardown, gc needs lock_dir alone: a bad value of another key is only a warning.
+        # As teardown, gc needs lock_dir alone: a problem confined to another key only warns.
         with pickifb_lock(load_config(os.environ, _ignore_for_gc).lock_dir):
             lines = gc(xs, nl, args.dry_run)
     for line in lines or ["nothing to repair"]:
