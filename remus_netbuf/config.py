@@ -3,12 +3,15 @@
 Read from ``$REMUS_NETBUF_CONF`` when set (it must then exist), else from
 ``/etc/xen/remus-netbuf.conf`` when present, else the defaults. Unknown keys and bad values are
 errors: a typo must not silently fall back to a default that changes what the netbuf does.
+
+Teardown and gc need ``lock_dir`` alone, and must not be kept from freeing an IFB by a typo in
+a key they do not use: they read the file with ``tolerate`` (see :func:`parse_config`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from .errors import ConfigError
@@ -18,6 +21,8 @@ PROTOCOLS = ("all", "ip")
 _TRUE = ("1", "yes", "true", "on")
 _FALSE = ("0", "no", "false", "off")
 PLUG_LIMIT_MAX = 2**32 - 1  # the kernel's tc_plug_qopt.limit is a u32
+LOCK_DIR = "lock_dir"  # the one key teardown and gc need: never tolerated
+Tolerate = Callable[[ConfigError], None]  # told of each problem it lets pass
 
 
 class Config(NamedTuple):
@@ -63,8 +68,14 @@ _PARSERS = {
 }
 
 
-def parse_config(text: str, source: str) -> Config:
-    """Parse the file's text; errors name the file and line (and both lines of a duplicate)."""
+def parse_config(text: str, source: str, tolerate: Tolerate | None = None) -> Config:
+    """Parse the file's text; errors name the file and line (and both lines of a duplicate).
+
+    With ``tolerate`` (teardown and gc, which need ``lock_dir`` alone), a problem confined to a
+    line of another key (a bad value, an unknown key, a key set twice) is handed to it, its
+    ``key`` field naming that key, and the line is skipped: the key keeps its default, or its
+    first value. What could hide or spoil ``lock_dir`` still raises: a bad or repeated
+    ``lock_dir``, and a line that is not ``key=value`` at all (its key cannot be known)."""
     values: dict[str, object] = {}
     lines: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
@@ -76,19 +87,29 @@ def parse_config(text: str, source: str) -> Config:
         key = key.strip()
         if not sep:
             raise ConfigError(source=where, detail=f"expected key=value, got {_show(line)}")
-        if key not in _PARSERS:
-            known = ", ".join(_PARSERS)
-            raise ConfigError(source=where, detail=f"unknown key {_show(key)} (known: {known})")
-        if key in lines:
-            raise ConfigError(
-                source=where, detail=f"{key} is set twice (first on line {lines[key]})"
-            )
         try:
-            values[key] = _PARSERS[key](_value(rest))
-        except ValueError as err:
-            raise ConfigError(source=where, detail=str(err)) from None
-        lines[key] = number
+            values[key] = _parse_line(key, rest, where, lines)
+        except ConfigError as err:
+            if tolerate is None or key == LOCK_DIR:
+                raise
+            tolerate(err)
+        lines.setdefault(key, number)
     return Config(**values)  # type: ignore[arg-type]
+
+
+def _parse_line(key: str, rest: str, where: str, lines: Mapping[str, int]) -> object:
+    """The value of one ``key=rest`` line, or a ConfigError naming the line and the key."""
+    if key not in _PARSERS:
+        known = ", ".join(_PARSERS)
+        detail = f"unknown key {_show(key)} (known: {known})"
+    elif key in lines:
+        detail = f"{key} is set twice (first on line {lines[key]})"
+    else:
+        try:
+            return _PARSERS[key](_value(rest))
+        except ValueError as err:
+            detail = str(err)
+    raise ConfigError(source=where, detail=detail, key=_show(key))
 
 
 def _value(rest: str) -> str:
@@ -110,8 +131,9 @@ def _show(text: str) -> str:
     return repr(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
-def load_config(environ: Mapping[str, str]) -> Config:
-    """Find and parse the configuration the environment points at.
+def load_config(environ: Mapping[str, str], tolerate: Tolerate | None = None) -> Config:
+    """Find and parse the configuration the environment points at (``tolerate``: see
+    :func:`parse_config`; a file that cannot be read is never tolerated).
 
     The file is read as bytes and decoded leniently: a stray byte in a comment is no error, and
     one in a value fails that value's check (values are ASCII), naming the line."""
@@ -127,12 +149,13 @@ def load_config(environ: Mapping[str, str]) -> Config:
             text = handle.read().decode("utf-8", "surrogateescape")
     except OSError as err:
         raise ConfigError(source=path, detail=f"cannot read: {err.strerror or err}") from None
-    return parse_config(text, path)
+    return parse_config(text, path, tolerate)
 
 
 def config_problem(environ: Mapping[str, str]) -> str | None:
     """Why the configuration does not load, or None: for status and metrics, which report a
-    broken config (setup, teardown and gc would fail on it) instead of failing themselves."""
+    broken config (setup would fail on it; teardown and gc too, if the problem can touch
+    ``lock_dir``) instead of failing themselves."""
     try:
         load_config(environ)
     except ConfigError as err:

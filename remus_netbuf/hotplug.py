@@ -91,12 +91,23 @@ def run(request: Request, environ: Mapping[str, str]) -> int:
 
 
 def read_config(request: Request, environ: Mapping[str, str]) -> Config:
-    """The configuration, or a failure of the step 'read config'."""
+    """The configuration, or a failure of the step 'read config'.
+
+    Setup needs all of it, and fails on any problem before it touches anything. Teardown needs
+    ``lock_dir`` alone: a problem confined to another key is a warning naming file, line and
+    key, so that a typo made while a netbuf is up never keeps its IFB claimed and plugged."""
     from .config import load_config
     from .errors import ConfigError, StepFailed
+    from .log import log
+
+    def ignore(err: ConfigError) -> None:
+        key = err.fields["key"]
+        log.warning(
+            "%s: teardown: ignoring key %s (only lock_dir is needed): %s", request.vif, key, err
+        )
 
     try:
-        return load_config(environ)
+        return load_config(environ, ignore if request.command == "teardown" else None)
     except ConfigError as err:
         raise StepFailed(
             vif=request.vif,

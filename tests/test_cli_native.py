@@ -357,6 +357,32 @@ def test_gc_with_nothing_to_repair(bed: Bed) -> None:
     assert (result.returncode, result.stdout) == (0, "nothing to repair\n")
 
 
+def test_gc_needs_lock_dir_alone_and_warns_of_another_bad_key(mixed: Bed) -> None:
+    """As teardown: a typo in plug_limit must not keep gc from repairing; status still says."""
+    bed = mixed
+    bed.conf.write_text(f"plug_limit = 0\nlock_dir={bed.lock_dir}\n")
+    for argv in (["gc", "--dry-run"], ["gc"]):
+        result = bed.cli(*argv)
+        assert result.returncode == 0, result
+        warnings = [line for line in result.stderr.splitlines() if "ignoring key" in line]
+        assert warnings == [
+            "remus-netbuf: gc: ignoring key 'plug_limit' (only lock_dir is needed): config "
+            f"{bed.conf}:1: plug_limit must be bytes, 1..4294967295, not '0'"
+        ], result
+    assert "did remove-claim" in result.stdout
+    assert bed.subtree(f"{PATH7}/") == {}
+    status = json.loads(bed.cli("status", "--json").stdout)
+    assert "bad-config" in [a["kind"] for a in status["anomalies"]]
+
+
+def test_gc_fails_on_a_bad_lock_dir_and_changes_nothing(mixed: Bed) -> None:
+    bed = mixed
+    bed.conf.write_text("lock_dir=relative/lock\n")
+    before = (bed.xs.nodes(), kernel_state(bed))
+    one_line_failure(bed.cli("gc"), f"config {bed.conf}:1: lock_dir must be an absolute path")
+    assert (bed.xs.nodes(), kernel_state(bed)) == before
+
+
 # --- plug -----------------------------------------------------------------------------------
 
 
@@ -443,6 +469,19 @@ def test_teardown_of_a_hand_made_netbuf(bed: Bed, with_ifb: bool) -> None:
             assert f"{VIF}: tc qdisc del dev {VIF} ingress" in result.stderr  # replayable
         bed.assert_clean(VIF, "ifb0", PATH5)
         assert bed.node(f"{PATH5}/hotplug-status") is None
+
+
+def test_teardown_needs_lock_dir_alone_as_the_hotplug_script(bed: Bed) -> None:
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0")
+    bed.domain(5)
+    install_by_hand(bed, VIF, "ifb0", 5)
+    bed.configure(protocols="ipv6")
+    result = bed.cli("teardown", "--vif", VIF, "--xenbus-path", PATH5)
+    assert result.returncode == 0, result
+    assert f"remus-netbuf: {VIF}: teardown: ignoring key 'protocols'" in result.stderr
+    bed.assert_clean(VIF, "ifb0", PATH5)
+    assert set(bed.subtree(PATH5)) == {PATH5}
 
 
 BAD_FLAGS = [

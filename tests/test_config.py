@@ -170,6 +170,101 @@ def test_error_escapes_untrusted_text() -> None:
     assert "\x1b" not in message and "\\xe9" in message
 
 
+# tolerate: teardown and gc read lock_dir alone
+
+
+def tolerant(text: str, source: str = "t.conf") -> tuple[Config, list[str]]:
+    """Parse as teardown does; the config and each tolerated problem as 'KEY: MESSAGE'."""
+    seen: list[ConfigError] = []
+    parsed = parse_config(text, source, seen.append)
+    assert all("\n" not in str(err) and str(err).isascii() for err in seen)
+    return parsed, [f"{err.fields['key']}: {err}" for err in seen]
+
+
+def test_tolerate_skips_a_bad_value_of_another_key_naming_file_line_and_key() -> None:
+    text = "lock_dir=/run/rnb\nplug_limit = 0\nprotocols=ip\n"
+    parsed, problems = tolerant(text)
+    assert parsed == Config(protocols="ip", lock_dir="/run/rnb")  # plug_limit: the default
+    assert problems == [
+        "'plug_limit': config t.conf:2: plug_limit must be bytes, 1..4294967295, not '0'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("plug_limt=5", "'plug_limt'", "t.conf:1: unknown key 'plug_limt'"),
+        ("=5", "''", "t.conf:1: unknown key ''"),
+        ("protocols=ipv6", "'protocols'", "t.conf:1: protocols must be one of all, ip"),
+        ('protocols="ip', "'protocols'", "t.conf:1: unterminated quote"),
+        ("ifb_autocreate=maybe", "'ifb_autocreate'", "t.conf:1: ifb_autocreate must be"),
+        ("protocols=ip\nprotocols=all", "'protocols'", "t.conf:2: protocols is set twice"),
+        ("protocols=\u00e9\x1b[31m", "'protocols'", "t.conf:1: protocols must be one of"),
+        ("Lock_Dir=/x", "'Lock_Dir'", "unknown key 'Lock_Dir'"),  # case matters, as for setup
+    ],
+)
+def test_tolerate_takes_every_problem_confined_to_another_key(
+    text: str, key: str, fragment: str
+) -> None:
+    parsed, (problem,) = tolerant(f"{text}\nlock_dir=/run/rnb")
+    assert parsed.lock_dir == "/run/rnb"
+    assert problem.startswith(f"{key}: config t.conf:") and fragment in problem
+    assert "\x1b" not in problem
+
+
+def test_tolerate_keeps_the_first_value_of_a_key_set_twice_and_counts_a_bad_line() -> None:
+    parsed, problems = tolerant("plug_limit=5\nplug_limit=6\nprotocols=x\nprotocols=ip\n")
+    assert parsed == Config(plug_limit=5)  # protocols: line 3 was bad, line 4 is a duplicate
+    assert [p.split(": ", 2)[1] for p in problems] == [
+        "config t.conf:2",
+        "config t.conf:3",
+        "config t.conf:4",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("lock_dir=relative/dir", "t.conf:1: lock_dir must be an absolute path"),
+        ('lock_dir="/run/x', "t.conf:1: unterminated quote"),
+        ("lock_dir=/a\nlock_dir=/a", "t.conf:2: lock_dir is set twice (first on line 1)"),
+        ("plug_limit=0\nlock_dir=/a\n lock_dir = /b", "t.conf:3: lock_dir is set twice"),
+        ("lock_dir /run/x", "t.conf:1: expected key=value"),  # which key? it may be lock_dir's
+        ("plug_limit 5", "t.conf:1: expected key=value"),
+    ],
+)
+def test_tolerate_never_takes_what_can_hide_or_spoil_lock_dir(text: str, fragment: str) -> None:
+    seen: list[ConfigError] = []
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "t.conf", seen.append)
+    assert fragment in str(caught.value)
+
+
+def test_tolerate_changes_nothing_in_a_good_file() -> None:
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert tolerant(text, str(SHIPPED)) == (parse_config(text, str(SHIPPED)), [])
+    assert tolerant("lock_dir=/run/rnb\nplug_limit=1") == (Config(1, lock_dir="/run/rnb"), [])
+
+
+def test_load_config_tolerates_as_parse_config_but_not_a_file_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "netbuf.conf"
+    path.write_text("protocols=ip\nplug_limit=0\n", encoding="utf-8")
+    seen: list[ConfigError] = []
+    assert load_config({"REMUS_NETBUF_CONF": str(path)}, seen.append) == Config(protocols="ip")
+    assert [str(err) for err in seen] == [
+        f"config {path}:2: plug_limit must be bytes, 1..4294967295, not '0'"
+    ]
+    for environ in (
+        {"REMUS_NETBUF_CONF": str(tmp_path / "absent.conf")},
+        {"REMUS_NETBUF_CONF": ""},
+    ):
+        with pytest.raises(ConfigError):
+            load_config(environ, seen.append)
+    assert len(seen) == 1
+
+
 # load_config
 
 

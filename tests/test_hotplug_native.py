@@ -352,6 +352,93 @@ def test_missing_config_file_named_by_env_is_an_error(bed: Bed) -> None:
     assert_one_line_failure(result, "/nonexistent.conf", "cannot read")
 
 
+# --- a config broken while a netbuf is up: teardown needs lock_dir alone ----------------------
+
+
+def warnings_of(result: object) -> list[str]:
+    stderr: str = result.stderr  # type: ignore[attr-defined]
+    return [line for line in stderr.splitlines() if ": teardown: ignoring key " in line]
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("plug_limit = 0", ["key 'plug_limit'", ":2: plug_limit must be bytes"]),
+        ("plug_limt=100", ["key 'plug_limt'", ":2: unknown key 'plug_limt'"]),
+        ("protocols=ipv6", ["key 'protocols'", ":2: protocols must be one of all, ip"]),
+    ],
+)
+def test_teardown_frees_everything_despite_a_bad_key_other_than_lock_dir(
+    bed: Bed, line: str, words: list[str]
+) -> None:
+    """The bug the real-Xen tier found: a typo made while a netbuf was up failed its teardown
+    at 'read config', so the claim and the IFB stayed for ever. Now: one warning, exit 0."""
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0")
+    bed.domain(5)
+    install_by_hand(bed, VIF, "ifb0", 5)
+    bed.conf.write_text(f"lock_dir={bed.lock_dir}\n{line}\n")
+    result = bed.hotplug("teardown", VIF, PATH5, remus_ifb="ifb0")
+    assert result.returncode == 0, result.stderr
+    assert " failed" not in result.stderr, result.stderr
+    (warning,) = warnings_of(result)
+    assert warning.startswith(f"remus-netbuf-setup: {VIF}: teardown: ignoring key "), warning
+    for word in [str(bed.conf), *words]:
+        assert word in warning, warning
+    bed.assert_clean(VIF, "ifb0", PATH5)  # the vif's ingress, the IFB's plug and claim: gone
+    assert set(bed.subtree(PATH5)) == {PATH5}  # no hotplug-status, no hotplug-error: no node
+    assert (bed.lock_dir / "pickifb").exists()  # the file's lock_dir was read, and used
+
+
+def test_setup_failing_on_a_bad_config_then_libxls_teardown_leave_nothing(bed: Bed) -> None:
+    """libxl runs teardown right after a failed setup: it must not fail on the same file."""
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0")
+    bed.domain(5)
+    kernel = {dev: bed.qdiscs(dev) for dev in (VIF, "ifb0")}
+    bed.conf.write_text(f"lock_dir={bed.lock_dir}\nplug_limit = 0\n")
+    setup = bed.hotplug("setup", VIF, PATH5)
+    assert_one_line_failure(setup, VIF, "read config", f"{bed.conf}:2", "plug_limit")
+    assert bed.node(f"{PATH5}/hotplug-status") == "error"
+    teardown = bed.hotplug("teardown", VIF, PATH5)  # no REMUS_IFB: setup wrote no claim
+    assert teardown.returncode == 0, teardown.stderr
+    assert " failed" not in teardown.stderr, teardown.stderr
+    assert len(warnings_of(teardown)) == 1, teardown.stderr
+    assert set(bed.subtree(PATH5)) == {PATH5}  # no claim, hotplug-status or hotplug-error
+    assert {dev: bed.qdiscs(dev) for dev in (VIF, "ifb0")} == kernel
+    assert not bed.is_up("ifb0")
+    assert not bed.lock_dir.exists()  # nothing to undo: no lock taken
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("lock_dir=relative/dir\nplug_limit=0\n", [":1: lock_dir must be an absolute path"]),
+        ("lock_dir={lock}\nlock_dir=/tmp\n", [":2: lock_dir is set twice"]),
+        ("lock_dir {lock}\n", [":1: expected key=value"]),  # is it lock_dir? it cannot say
+    ],
+)
+def test_a_bad_lock_dir_still_fails_teardown_after_freeing_the_vif(
+    bed: Bed, text: str, words: list[str]
+) -> None:
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0")
+    bed.domain(5)
+    install_by_hand(bed, VIF, "ifb0", 5)
+    bed.conf.write_text(text.format(lock=bed.lock_dir))
+    result = bed.hotplug("teardown", VIF, PATH5, remus_ifb="ifb0")
+    reason = assert_one_line_failure(
+        result, VIF, "read config", "(ifb ifb0)", str(bed.conf), *words
+    )
+    assert f"{VIF}: tc qdisc del dev {VIF} ingress" in result.stderr  # the guest first
+    assert not bed.has_ingress(VIF)
+    assert bed.node(f"{PATH5}/ifb") == "ifb0"  # no lock, so the claim and the IFB stay
+    assert bed.is_up("ifb0")
+    assert bed.node(f"{PATH5}/hotplug-status") == "error"
+    assert bed.node(f"{PATH5}/hotplug-error") == reason.split(": ", 1)[1]
+    assert warnings_of(result) == []
+
+
 def test_drop_in_script_runs_from_a_checkout(bed: Bed) -> None:
     """scripts/remus-netbuf-setup, as linked into /etc/xen/scripts, under the system python3."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "remus-netbuf-setup"
