@@ -20,6 +20,7 @@ class Ifb(NamedTuple):
     root_qdisc: str | None  # kind of the root qdisc (pfifo_fast once up); None: none listed
     up: bool = False
     added_root: bool = False  # the root qdisc was added (it has a handle), not the kernel's own
+    root_handle: int = 0  # that handle (our plug's is netlink.PLUG_HANDLE, 5245:); 0: none
 
 
 class Claim(NamedTuple):
@@ -118,17 +119,42 @@ class TeardownPlan(NamedTuple):
 
 
 def plan_teardown(
-    remus_ifb: str | None, own_claim: str | None, claimed_elsewhere: Collection[str]
+    remus_ifb: str | None,
+    own_claim: str | None,
+    claimed_elsewhere: Collection[str],
+    *,
+    remus_ifb_ours: bool,
 ) -> TeardownPlan:
     """Decide which IFB a teardown frees.
 
     ``remus_ifb`` is what libxl passed (absent after a failed setup), ``own_claim`` the value of
-    ``XENBUS_PATH/ifb``, ``claimed_elsewhere`` the IFBs claimed by other live netbufs. An IFB is
-    freed only when this netbuf's claim names it and no other live netbuf claims it too.
+    ``XENBUS_PATH/ifb``, ``claimed_elsewhere`` the IFBs claimed by other live netbufs, and
+    ``remus_ifb_ours`` whether ``remus_ifb`` is an IFB whose root qdisc is a netbuf's plug (the
+    plug with our own handle, ``5245:``, which only our setup gives one). An IFB is freed only
+    when no other live netbuf claims it and either this netbuf's claim names it, or there is no
+    claim and it is ``remus_ifb`` with a netbuf's plug. The second case is failover: ``xl
+    destroy`` of the primary removes ``/libxl/<domid>``, and our claim with it, before libxl's
+    remus code runs this teardown; left alone, the IFB would stay plugged, holding the dead
+    guest's packets, until gc. Without a claim there is none to remove.
     """
     if own_claim is None:
-        target = remus_ifb or "no IFB"
-        return TeardownPlan(None, False, f"no claim at XENBUS_PATH: {target} left alone")
+        if remus_ifb is None:
+            return TeardownPlan(None, False, "no claim at XENBUS_PATH, no REMUS_IFB: nothing freed")
+        if not remus_ifb_ours:
+            why = f"no claim at XENBUS_PATH, {remus_ifb} has no netbuf's plug: left alone"
+            return TeardownPlan(None, False, why)
+        if remus_ifb in claimed_elsewhere:
+            return TeardownPlan(
+                None,
+                False,
+                f"no claim at XENBUS_PATH, {remus_ifb} is claimed by another netbuf: left alone",
+            )
+        return TeardownPlan(
+            remus_ifb,
+            False,
+            f"no claim at XENBUS_PATH (gone with the domain?), REMUS_IFB {remus_ifb} has a "
+            "netbuf's plug no other netbuf claims: freeing it",
+        )
     if remus_ifb is not None and remus_ifb != own_claim:
         return TeardownPlan(
             None, False, f"claim is {own_claim}, not REMUS_IFB {remus_ifb}: both left alone"

@@ -13,16 +13,18 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from typing import TypeVar
 
 from .config import Config
 from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
 from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
 from .lock import pickifb_lock
 from .log import SECONDARY, log
-from .netlink import Netlink, link_exists
+from .netlink import Netlink, has_our_plug, link_exists
 from .request import Request
 from .xenstore import Xenstore, socket_path
 
+T = TypeVar("T")
 KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when this step starts
 
 
@@ -208,10 +210,17 @@ def teardown(request: Request, config: Callable[[], Config], environ: Mapping[st
     path = request.xenbus_path
     problems: list[tuple[str, str]] = []
     with ExitStack() as stack:
-        nl = None
+        opened: list[Netlink] = []
+
+        def netlink() -> Netlink:
+            """The run's netlink session, opened when first needed (a no-op run needs none)."""
+            if not opened:
+                with run.at("open netlink"):
+                    opened.append(stack.enter_context(Netlink()))
+            return opened[0]
+
         if link_exists(request.vif):
-            with run.at("open netlink"):
-                nl = stack.enter_context(Netlink())
+            nl = netlink()
             with run.at("check vif"):
                 _refuse_ifb_as_vif(nl, request.vif)
             # The vif is this netbuf's alone: no lock needed to stop its redirect.
@@ -222,11 +231,12 @@ def teardown(request: Request, config: Callable[[], Config], environ: Mapping[st
         with run.at("read claim"):
             own = xs.read(f"{path}/ifb")
         run.ifb = request.remus_ifb or own
-        plan = plan_teardown(request.remus_ifb, own, ())
-        if nl is None and plan.free_ifb is not None and link_exists(plan.free_ifb):
-            with run.at("open netlink"):
-                nl = stack.enter_context(Netlink())
-        if plan.remove_claim:
+        # Without a claim, REMUS_IFB is looked at: the claim may have gone with /libxl/<domid>
+        # (xl destroy, forced failover) before libxl ran us, the IFB still plugged.
+        look = own is None and request.remus_ifb is not None and link_exists(request.remus_ifb)
+        ours = look and _remus_ifb_has_our_plug(run, netlink(), problems)
+        plan = plan_teardown(request.remus_ifb, own, (), remus_ifb_ours=ours)
+        if plan.remove_claim or plan.free_ifb is not None:
             # Freeing the IFB and dropping the claim happen together under the lock, so that
             # no setup sees the IFB free while it is still plugged, or claimed while it is free.
             with run.at("take pickifb lock"), pickifb_lock(lock_dir):
@@ -234,10 +244,13 @@ def teardown(request: Request, config: Callable[[], Config], environ: Mapping[st
                     others = {
                         c.ifb for c in live_claims(xs.claims(), xs.live_domids()) if c.path != path
                     }
-                plan = plan_teardown(request.remus_ifb, own, others)
-                if nl is not None and plan.free_ifb is not None and link_exists(plan.free_ifb):
-                    _attempt(run, "free IFB", partial(nl.free_ifb, plan.free_ifb), problems)
-                _attempt(run, "remove claim", partial(xs.remove, f"{path}/ifb"), problems)
+                if ours:  # looked at again, now that no setup can change it
+                    ours = _remus_ifb_has_our_plug(run, netlink(), problems)
+                plan = plan_teardown(request.remus_ifb, own, others, remus_ifb_ours=ours)
+                if plan.free_ifb is not None and link_exists(plan.free_ifb):
+                    _attempt(run, "free IFB", partial(netlink().free_ifb, plan.free_ifb), problems)
+                if plan.remove_claim:
+                    _attempt(run, "remove claim", partial(xs.remove, f"{path}/ifb"), problems)
         log.info("%s: teardown: %s", request.vif, plan.why)
         for node in ("hotplug-status", "hotplug-error"):
             _attempt(run, f"remove {node}", partial(xs.remove, f"{path}/{node}"), problems)
@@ -247,13 +260,22 @@ def teardown(request: Request, config: Callable[[], Config], environ: Mapping[st
         raise run.failure(detail + more)
 
 
+def _remus_ifb_has_our_plug(run: Run, nl: Netlink, problems: list[tuple[str, str]]) -> bool:
+    """Whether REMUS_IFB is an IFB whose root qdisc is a netbuf's plug (see netlink); a
+    failure to look is a problem reported, and the IFB left alone."""
+    ifb = run.request.remus_ifb
+    assert ifb is not None
+    return has_our_plug(_attempt(run, "look at REMUS_IFB", partial(nl.ifb, ifb), problems))
+
+
 def _attempt(
-    run: Run, step: str, action: Callable[[], object], problems: list[tuple[str, str]]
-) -> None:
-    """One teardown step; a failure is logged and kept, and the teardown goes on."""
+    run: Run, step: str, action: Callable[[], T], problems: list[tuple[str, str]]
+) -> T | None:
+    """One teardown step; a failure is logged and kept, and the teardown goes on (None)."""
     try:
         with run.at(step):
-            action()
+            return action()
     except StepFailed as err:
         log.error("%s", err, extra=SECONDARY)  # the final line reports it, counted
         problems.append((step, err.fields["detail"]))
+        return None

@@ -116,6 +116,12 @@ def link_exists(name: str) -> bool:
     return True
 
 
+def has_our_plug(ifb: Ifb | None) -> bool:
+    """Whether ``ifb`` (as :meth:`Netlink.ifb` saw it) has a netbuf's plug as its root qdisc: a
+    plug with our own handle, which only our setup gives one (Xen's script's get the kernel's)."""
+    return ifb is not None and ifb.root_qdisc == "plug" and ifb.root_handle == PLUG_HANDLE
+
+
 class Netlink:
     """One rtnetlink session in one namespace (``None``: the caller's own)."""
 
@@ -171,7 +177,8 @@ class Netlink:
         root = self._qdisc(link.ifindex, TC_H_ROOT, name)
         if root is None:
             return Ifb(name, None, link.up)
-        return Ifb(name, _kind(root), link.up, added_root=_tcmsg(root)[1] != 0)
+        handle = _tcmsg(root)[1]
+        return Ifb(name, _kind(root), link.up, added_root=handle != 0, root_handle=handle)
 
     def root_qdisc(self, name: str) -> str | None:
         """Kind of the root qdisc on ``name``; None if the device is gone or has the kernel's
@@ -227,6 +234,7 @@ class Netlink:
                 _kind(roots[i]) if i in roots else None,
                 link.up,
                 added_root=i in roots and _tcmsg(roots[i])[1] != 0,
+                root_handle=_tcmsg(roots[i])[1] if i in roots else 0,
             )
             for i, link in links.items()
             if link.kind == "ifb"

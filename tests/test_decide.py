@@ -235,7 +235,8 @@ def test_next_ifb_name_lowest_free_index(existing: set[str], expected: str) -> N
     assert next_ifb_name(existing) == expected
 
 
-# plan_teardown: every combination of REMUS_IFB, own claim and claims elsewhere
+# plan_teardown: every combination of REMUS_IFB, own claim, claims elsewhere and whether
+# REMUS_IFB's root is a netbuf's plug (looked at only when there is no claim)
 
 
 R = "ifb1"  # what libxl passed as REMUS_IFB
@@ -244,32 +245,65 @@ OTHER = "ifb4"
 
 @pytest.mark.parametrize("elsewhere", [(), (R,), (OTHER,), (R, OTHER)])
 @pytest.mark.parametrize("remus_ifb", [None, R])
-def test_plan_teardown_without_claim_touches_nothing(
+def test_plan_teardown_without_claim_leaves_an_ifb_without_our_plug(
     remus_ifb: str | None, elsewhere: tuple[str, ...]
 ) -> None:
-    plan = plan_teardown(remus_ifb, None, elsewhere)
+    """No claim, and REMUS_IFB absent, or an IFB whose root is not a netbuf's plug (a plug of
+    Xen's script, someone's shaping, none, or no such IFB): nothing is freed."""
+    plan = plan_teardown(remus_ifb, None, elsewhere, remus_ifb_ours=False)
     assert (plan.free_ifb, plan.remove_claim) == (None, False)
     assert "no claim" in plan.why
 
 
+@pytest.mark.parametrize("elsewhere", [(), (OTHER,)])
+def test_plan_teardown_without_claim_frees_remus_ifb_with_our_plug(
+    elsewhere: tuple[str, ...],
+) -> None:
+    """xl destroy removed /libxl/<domid>, and our claim with it, before libxl ran teardown:
+    REMUS_IFB, plugged by a netbuf and claimed by no other, is freed; there is no claim to
+    remove."""
+    plan = plan_teardown(R, None, elsewhere, remus_ifb_ours=True)
+    assert (plan.free_ifb, plan.remove_claim) == (R, False)
+    assert "no claim" in plan.why and R in plan.why and "freeing" in plan.why
+
+
+@pytest.mark.parametrize("elsewhere", [(R,), (R, OTHER)])
+def test_plan_teardown_without_claim_never_frees_remus_ifb_claimed_elsewhere(
+    elsewhere: tuple[str, ...],
+) -> None:
+    plan = plan_teardown(R, None, elsewhere, remus_ifb_ours=True)
+    assert (plan.free_ifb, plan.remove_claim) == (None, False)
+    assert "claimed by another netbuf" in plan.why
+
+
+def test_plan_teardown_without_claim_or_remus_ifb_frees_nothing() -> None:
+    plan = plan_teardown(None, None, (), remus_ifb_ours=True)
+    assert (plan.free_ifb, plan.remove_claim) == (None, False)
+
+
+@pytest.mark.parametrize("ours", [False, True])
 @pytest.mark.parametrize("remus_ifb", [None, R])
-def test_plan_teardown_frees_own_claim(remus_ifb: str | None) -> None:
+def test_plan_teardown_frees_own_claim(remus_ifb: str | None, ours: bool) -> None:
     """Claim equals REMUS_IFB, or REMUS_IFB absent: fall back to the claim."""
-    plan = plan_teardown(remus_ifb, R, (OTHER,))
+    plan = plan_teardown(remus_ifb, R, (OTHER,), remus_ifb_ours=ours)
     assert (plan.free_ifb, plan.remove_claim) == (R, True)
     assert R in plan.why
 
 
+@pytest.mark.parametrize("ours", [False, True])
 @pytest.mark.parametrize("remus_ifb", [None, R])
-def test_plan_teardown_never_frees_an_ifb_claimed_elsewhere(remus_ifb: str | None) -> None:
-    plan = plan_teardown(remus_ifb, R, (R, OTHER))
+def test_plan_teardown_never_frees_an_ifb_claimed_elsewhere(
+    remus_ifb: str | None, ours: bool
+) -> None:
+    plan = plan_teardown(remus_ifb, R, (R, OTHER), remus_ifb_ours=ours)
     assert (plan.free_ifb, plan.remove_claim) == (None, True)
     assert "also claimed" in plan.why
 
 
+@pytest.mark.parametrize("ours", [False, True])
 @pytest.mark.parametrize("elsewhere", [(), (R,), (OTHER,), (R, OTHER)])
-def test_plan_teardown_claim_differs_from_remus_ifb(elsewhere: tuple[str, ...]) -> None:
-    plan = plan_teardown(R, OTHER, elsewhere)
+def test_plan_teardown_claim_differs_from_remus_ifb(elsewhere: tuple[str, ...], ours: bool) -> None:
+    plan = plan_teardown(R, OTHER, elsewhere, remus_ifb_ours=ours)
     assert (plan.free_ifb, plan.remove_claim) == (None, False)
     assert R in plan.why and OTHER in plan.why
 
@@ -278,11 +312,20 @@ def test_plan_teardown_claim_differs_from_remus_ifb(elsewhere: tuple[str, ...]) 
     st.one_of(st.none(), IFB_NAMES),
     st.one_of(st.none(), IFB_NAMES),
     st.sets(IFB_NAMES, max_size=5),
+    st.booleans(),
 )
 def test_plan_teardown_contract(
-    remus_ifb: str | None, own: str | None, elsewhere: set[str]
+    remus_ifb: str | None, own: str | None, elsewhere: set[str], ours: bool
 ) -> None:
-    plan = plan_teardown(remus_ifb, own, elsewhere)
+    plan = plan_teardown(remus_ifb, own, elsewhere, remus_ifb_ours=ours)
     may_remove = own is not None and remus_ifb in (None, own)
     assert plan.remove_claim == may_remove
-    assert plan.free_ifb == (own if may_remove and own not in elsewhere else None)
+    if own is not None:  # the claim decides; REMUS_IFB's root is not even looked at
+        assert plan.free_ifb == (own if may_remove and own not in elsewhere else None)
+        assert plan == plan_teardown(remus_ifb, own, elsewhere, remus_ifb_ours=not ours)
+    else:  # only REMUS_IFB with a netbuf's plug can be freed
+        assert plan.free_ifb == (remus_ifb if ours and remus_ifb not in elsewhere else None)
+    # Whatever the inputs: an IFB another live netbuf claims is never freed, and only the IFB
+    # this netbuf claims or, unclaimed, REMUS_IFB with a netbuf's plug.
+    assert plan.free_ifb not in elsewhere
+    assert plan.free_ifb in {None, own if own is not None else remus_ifb if ours else None}
