@@ -222,6 +222,53 @@ def test_a_failed_setup_over_an_old_claim_restores_it_exactly(bed: Bed) -> None:
     assert not bed.has_ingress(VIF)
 
 
+# --- 6b. teardown without a claim: REMUS_IFB is freed only with a netbuf's plug ----------------
+
+
+@pytest.mark.parametrize(
+    ("dev", "root"),
+    [
+        ("ifb0", ["handle", "1:", *TBF]),  # someone's shaping
+        ("ifb0", ["handle", "5245:", *TBF]),  # our plug's handle, but no plug
+        ("ifb0", []),  # the kernel's default, up: a free IFB
+        ("eth1", ["handle", "5245:", *TBF]),  # no IFB at all
+    ],
+    ids=["tbf", "tbf-5245", "default", "veth-5245"],
+)
+def test_teardown_without_a_claim_leaves_remus_ifb_alone_unless_a_netbufs_plug(
+    bed: Bed, dev: str, root: list[str]
+) -> None:
+    """As after xl destroy: /libxl/5 gone (our claim with it) and the vif gone, then libxl's
+    teardown with REMUS_IFB. A root that is not a netbuf's plug (handle 5245:, kind plug) is
+    someone's, and so is the device: not brought down, its root kept. (A netbuf's plug, which
+    this kernel cannot make, is freed: test_vm_netbuf.py.)"""
+    if dev.startswith("ifb"):
+        bed.add_ifb(dev, up=True)
+    else:
+        bed.add_vif(dev)
+    if root:
+        bed.tc("qdisc", "add", "dev", dev, "root", *root)
+    bed.domain(5)
+    before = bed.tc("qdisc", "show", "dev", dev)
+    result = bed.hotplug("teardown", VIF, PATH5, remus_ifb=dev)
+    assert result.returncode == 0, result.stderr
+    assert f"teardown: no claim at XENBUS_PATH, {dev} has no netbuf's plug: left alone" in (
+        result.stderr
+    )
+    assert bed.is_up(dev), f"teardown brought {dev} down"
+    assert bed.tc("qdisc", "show", "dev", dev) == before
+    assert bed.subtree("/libxl") == {}
+
+
+def test_teardown_without_a_claim_and_remus_ifb_gone_succeeds(bed: Bed) -> None:
+    bed.domain(5)
+    result = bed.hotplug("teardown", VIF, PATH5, remus_ifb="ifb9")
+    assert result.returncode == 0, result.stderr
+    assert "teardown: no claim at XENBUS_PATH, ifb9 has no netbuf's plug: left alone" in (
+        result.stderr
+    )
+
+
 # --- 7. bad input ------------------------------------------------------------------------------
 
 
