@@ -129,6 +129,57 @@ def test_teardown_without_remus_ifb_after_success(bed: Bed) -> None:
     bed.assert_clean(VIF, ifb, PATH5)
 
 
+def destroy_domain(bed: Bed, domid: int, vif: str) -> None:
+    """What ``xl destroy`` does before libxl's remus code runs our teardown: the domain's
+    directories go (``/libxl/<domid>``, and our claim with it) and so does its vif."""
+    bed.xs.remove(f"/libxl/{domid}")
+    bed.xs.remove(f"/local/domain/{domid}")
+    bed.ip("link", "del", vif)
+
+
+def test_teardown_after_xl_destroy_frees_the_ifb_whose_claim_went_with_the_domain(
+    bed: Bed,
+) -> None:
+    """Forced failover: the primary destroyed under ``xl remus``. Without its claim, REMUS_IFB
+    is freed all the same: its root is our plug (5245:) and no other live netbuf claims it."""
+    bed.add_vif(VIF)
+    bed.domain(5)
+    ifb = setup_ok(bed)
+    destroy_domain(bed, 5, VIF)
+    result = bed.hotplug("teardown", VIF, PATH5, remus_ifb=ifb)
+    assert result.returncode == 0, result.stderr
+    assert f"{ifb}: tc qdisc del dev {ifb} root" in result.stderr
+    bed.assert_clean(None, ifb, PATH5)
+    assert bed.root_qdisc(ifb) is None  # left fresh: down, then unplugged
+    status = bed.cli("status")
+    assert (status.returncode, "anomalies: none" in status.stdout) == (0, True), status
+
+
+@pytest.mark.parametrize("whose", ["live claim", "xen script plug"])
+def test_teardown_after_xl_destroy_leaves_an_ifb_not_provably_the_netbufs(
+    bed: Bed, whose: str
+) -> None:
+    """Without a claim, REMUS_IFB is left plugged when another live netbuf claims it, or when
+    its plug is not ours (Xen's script adds one with a handle the kernel picks)."""
+    bed.add_vif(VIF)
+    bed.domain(5)
+    if whose == "live claim":
+        ifb = setup_ok(bed)
+        bed.domain(7)
+        bed.claim(7, 0, ifb)
+    else:
+        ifb = "ifb0"
+        bed.add_ifb(ifb, up=True)
+        bed.tc("qdisc", "add", "dev", ifb, "root", "plug", "limit", "1000")
+    before = bed.tc("qdisc", "show", "dev", ifb)
+    destroy_domain(bed, 5, VIF)
+    result = bed.hotplug("teardown", VIF, PATH5, remus_ifb=ifb)
+    assert result.returncode == 0, result.stderr
+    assert "left alone" in result.stderr
+    assert bed.is_up(ifb) and bed.root_qdisc(ifb) == "plug"
+    assert bed.tc("qdisc", "show", "dev", ifb) == before
+
+
 def test_plug_api_errors_name_ifb_and_action(bed: Bed) -> None:
     bed.add_ifb("ifb0")
     with pytest.raises(PlugError, match="ifb0: plug open failed: root qdisc is"):
