@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := remus_netbuf tests tools bench
 
-.PHONY: all deps lint test demo bench bench-native clean install uninstall
+.PHONY: all deps lint test e2e demo bench bench-native clean install uninstall
 all: test
 
 deps:
@@ -17,6 +17,12 @@ lint: deps
 # Debian's kernel in QEMU, fetched once into .cache/vm, or this kernel where it has sch_plug).
 test: lint
 	$(PY) -m pytest --cov=remus_netbuf --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+
+# The real-Xen tier: Debian's Xen 4.17 + a Debian dom0 in QEMU, xl remus running our script
+# through real libxl, real xenstored and netback (README: The real-Xen tier). Fetches and
+# builds what it needs into .cache/e2e once.
+e2e: deps
+	$(PY) -m tools.e2e
 
 # The main job on an embedded default: a throwaway namespace, a veth guest, a private xenstore.
 demo: deps

@@ -1,0 +1,420 @@
+"""The real-Xen end-to-end tier: ``xl remus`` runs our script through real libxl, in QEMU.
+
+Boots Debian's Xen 4.17 hypervisor in QEMU (KVM when the kernel tier's probe says it boots,
+else TCG) with Debian's 6.1 kernel as dom0 (the kernel tier's, :func:`tools.vm.ensure_kernel`).
+dom0's root is this host's ``/`` over 9p, read-only, under two more read-only layers and a
+tmpfs: the Xen userland of one Debian version (:mod:`tools.xenpkg`) and, above it, libxenlight,
+xl and libxl-save-helper rebuilt from that version's source with libnl3 (Debian's libxenlight
+has no network buffering). Nothing on this host is changed: every write lands in dom0's tmpfs,
+except the work dir (9p, read-write), where dom0 leaves its log, timeline and results.
+
+dom0 runs tools/e2e_dom0.sh as PID 1 (xenstored, xen-init-dom0, xenconsoled), then the
+scenarios (tools/e2e_dom0.py). Guests are PVH (Remus needs log-dirty; Debian's Xen has no
+shadow paging for PV), booting the same kernel with a busybox initramfs that streams UDP to
+dom0 (tools/e2e_guest.sh, tools/e2e_udp.c).
+
+    python -m tools.e2e [--timeout S] [--keep] [--only NAME,...]
+
+exits 0 when every scenario passed, 1 when one failed, 2 when the tier could not run.
+Settings: REMUS_NETBUF_VM (auto|kvm|tcg, as the kernel tier), REMUS_NETBUF_E2E_TIMEOUT,
+REMUS_NETBUF_E2E_KEEP=1, REMUS_NETBUF_E2E_ONLY. The cache is .cache/e2e (and .cache/vm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools import vm, xenpkg
+
+REPO = vm.REPO
+CACHE = REPO / ".cache" / "e2e"
+TOOLS = REPO / "tools"
+DOM0_INIT = TOOLS / "e2e_init.sh"
+DOM0_STAGE = TOOLS / "e2e_dom0.sh"
+GUEST_INIT = TOOLS / "e2e_guest.sh"
+UDP_SOURCE = TOOLS / "e2e_udp.c"
+BUSYBOX = Path("/bin/busybox")
+DOM0_MODULES = (
+    "kernel/fs/netfs/netfs.ko",
+    "kernel/fs/fscache/fscache.ko",
+    "kernel/net/9p/9pnet.ko",
+    "kernel/fs/9p/9p.ko",
+    "kernel/drivers/virtio/virtio.ko",
+    "kernel/drivers/virtio/virtio_ring.ko",
+    "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+    "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+    "kernel/drivers/virtio/virtio_pci.ko",
+    "kernel/net/9p/9pnet_virtio.ko",
+    "kernel/fs/overlayfs/overlay.ko",
+)
+GUEST_MODULES = ("kernel/drivers/net/xen-netfront.ko",)
+DOM0_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "echo", "sleep", "ls")
+GUEST_APPLETS = ("sh", "mount", "insmod", "cat", "echo", "sleep", "ls", "ip")
+# Xen under TCG: smap/smep off (else dom0 dies ~6 s in, #PF in create_bounce_frame).
+XEN_ARGS = (
+    "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 loglvl=all "
+    "guest_loglvl=all console_timestamps=boot smap=0 smep=0"
+)
+DOM0_ARGS = "console=hvc0 earlyprintk=xen rdinit=/init loglevel=4"
+MEMORY_MB = 2560
+TIMEOUT = 900.0
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Everything one boot needs, all under the caches."""
+
+    kernel: vm.Kernel
+    xen: xenpkg.XenTree
+    netbuf_tree: Path  # the rebuilt libxenlight, xl, libxl-save-helper at their dom0 paths
+    dom0_initrd: Path
+    guest_initrd: Path
+    tarball: Path
+
+
+def prepare(say: Callable[[str], None]) -> Parts:
+    """Fetch and build what is missing (cached), and say how long each step took."""
+    timed = Stopwatch(say)
+    with timed("kernel"):
+        kernel = vm.ensure_kernel(vm.Options().cache, say)
+    with timed("Xen packages and the netbuf-enabled libxenlight"):
+        xen = xenpkg.ensure(CACHE, say)
+    with timed("initramfs images"):
+        fit_to_host(xen.root)
+        netbuf_tree = _netbuf_tree(xen)
+        dom0 = _initrd("dom0", kernel, DOM0_INIT, DOM0_MODULES, DOM0_APPLETS, {})
+        udp = _udp_sender()
+        guest = _initrd("guest", kernel, GUEST_INIT, GUEST_MODULES, GUEST_APPLETS, {"e2e_udp": udp})
+    with timed("python tarball"):
+        tarball = vm.python_tarball(vm.Options().cache)
+    return Parts(kernel, xen, netbuf_tree, dom0, guest, tarball)
+
+
+class Stopwatch:
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.figures: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        self.figures[what] = took = time.monotonic() - start
+        self.say(f"{what}: {took:.1f} s")
+
+
+def _digest(*parts: bytes | str | Path) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            part = part.read_bytes()
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def fit_to_host(tree: Path) -> None:
+    """Move what the tree has under a directory that is a symlink on this host (/lib, /bin,
+    /sbin on a merged-/usr Debian; /var/run) to where the link points: in dom0's overlay a
+    directory in a higher layer would hide the host's link, and /bin/bash with it."""
+    for path in sorted(tree.rglob("*"), key=lambda p: len(p.parts)):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        host = Path("/") / path.relative_to(tree)
+        if not host.is_symlink():
+            continue
+        _merge(path, tree / host.resolve().relative_to("/"))
+        fit_to_host(tree)
+        return
+
+
+def _merge(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for child in source.iterdir():
+        if child.is_dir() and not child.is_symlink() and (target / child.name).is_dir():
+            _merge(child, target / child.name)
+        else:
+            child.rename(target / child.name)
+    source.rmdir()
+
+
+def _netbuf_tree(xen: xenpkg.XenTree) -> Path:
+    """The netbuf build's files at their dom0 paths (dom0's top read-only layer)."""
+    stamps = (
+        f"{where} {file.stat().st_mtime_ns}" for where, file in sorted(xen.netbuf_files.items())
+    )
+    key = _digest("0644 for .so, else 0755", *stamps)
+    tree = CACHE / f"netbuf-tree-{key}"
+    if not tree.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=CACHE))
+        for where, file in xen.netbuf_files.items():
+            target = tmp / where.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+            target.chmod(0o644 if ".so" in target.name else 0o755)
+        tmp.chmod(0o755)
+        for old in CACHE.glob("netbuf-tree-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(tree)
+    return tree
+
+
+def _udp_sender() -> Path:
+    binary = CACHE / f"e2e_udp-{_digest(UDP_SOURCE)}"
+    if not binary.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = binary.with_suffix(f".{os.getpid()}")
+        _run(["gcc", "-static", "-O2", "-Wall", "-o", str(tmp), str(UDP_SOURCE)], "gcc")
+        tmp.replace(binary)
+    return binary
+
+
+def _initrd(
+    name: str,
+    kernel: vm.Kernel,
+    init: Path,
+    modules: Sequence[str],
+    applets: Sequence[str],
+    binaries: dict[str, Path],
+) -> Path:
+    """A gzip'ed newc cpio: busybox with its applets, the modules in /mods, init as /init."""
+    key = _digest(kernel.version, init, *modules, *applets, *binaries.values(), BUSYBOX)
+    image = CACHE / f"{name}-initrd-{key}.cpio.gz"
+    if image.exists():
+        return image
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        root = Path(tmp) / "root"
+        for sub in ("bin", "proc", "sys", "dev", "mods", "newroot"):
+            (root / sub).mkdir(parents=True)
+        shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+        for applet in applets:
+            (root / "bin" / applet).symlink_to("busybox")
+        for module in modules:
+            shutil.copy2(kernel.modules / module, root / "mods" / Path(module).name)
+        for binary_name, binary in binaries.items():
+            shutil.copy2(binary, root / "bin" / binary_name)
+        shutil.copy2(init, root / "init")
+        (root / "init").chmod(0o755)
+        names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        cpio = subprocess.run(
+            [str(BUSYBOX), "cpio", "-o", "-H", "newc"],
+            cwd=root,
+            input="\n".join([".", *names]).encode(),
+            capture_output=True,
+            check=True,
+        )
+        tmp_image = Path(tmp) / "image"
+        tmp_image.write_bytes(gzip.compress(cpio.stdout, compresslevel=1))
+        for old in CACHE.glob(f"{name}-initrd-*.cpio.gz"):
+            old.unlink()
+        tmp_image.replace(image)
+    return image
+
+
+def _run(argv: Sequence[str], what: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise vm.Unavailable(f"{what} failed: {done.stderr.strip()}")
+
+
+# --- one boot -------------------------------------------------------------------------------
+
+
+def accel(say: Callable[[str], None]) -> str:
+    """'kvm' when the kernel tier's probe found KVM booting here (or it is forced), else 'tcg'."""
+    options = vm.Options.from_env()
+    if options.mode in ("kvm", "tcg"):
+        return options.mode
+    return "kvm" if vm.kvm_works(options, say) else "tcg"
+
+
+def qemu_command(parts: Parts, workdir: Path, mode: str) -> list[str]:
+    """Xen as the multiboot kernel; dom0's kernel and initramfs as its modules."""
+    cpu = ["-accel", "kvm", "-cpu", "host"] if mode == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    argv = ["qemu-system-x86_64", *cpu, "-machine", "pc", "-smp", "2", "-m", str(MEMORY_MB)]
+    argv += ["-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults"]
+    argv += ["-serial", f"file:{workdir / 'console.log'}"]
+    shares = {
+        "host": (Path("/"), True),
+        "xenroot": (parts.xen.root, True),
+        "netbuf": (parts.netbuf_tree, True),
+        "work": (workdir, False),
+    }
+    for tag, (path, readonly) in shares.items():
+        ro = ",readonly=on" if readonly else ""
+        argv += ["-fsdev", f"local,id={tag},path={path},security_model=none{ro},multidevs=remap"]
+        argv += ["-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
+    dom0_args = f"{DOM0_ARGS} e2e_stage={DOM0_STAGE}"
+    for path in (parts.kernel.vmlinuz, parts.dom0_initrd, DOM0_STAGE):
+        if "," in str(path) or " " in str(path):
+            raise vm.Unavailable(f"{path}: QEMU's multiboot module list cannot take ',' or ' '")
+    argv += ["-kernel", str(parts.xen.hypervisor), "-append", XEN_ARGS]
+    argv += ["-initrd", f"{parts.kernel.vmlinuz} {dom0_args},{parts.dom0_initrd}"]
+    return argv
+
+
+def write_env(parts: Parts, workdir: Path, only: Sequence[str]) -> None:
+    python = REPO / ".venv" / "bin" / "python"
+    values = {
+        "E2E_REPO": str(REPO),
+        "E2E_PYTHON": str(python),
+        "E2E_TARBALL": str(parts.tarball),
+        "E2E_PYDIRS": " ".join(str(d) for d in vm.python_dirs()),
+        "E2E_GUEST_KERNEL": str(parts.kernel.vmlinuz),
+        "E2E_GUEST_INITRD": str(parts.guest_initrd),
+        "E2E_XEN_VERSION": parts.xen.version,
+        "E2E_ONLY": ",".join(only),
+    }
+    (workdir / "env").write_text(
+        "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+    )
+
+
+def boot(
+    parts: Parts, workdir: Path, mode: str, timeout: float, say: Callable[[str], None]
+) -> bool:
+    """Run dom0 to power-off or the timeout; stream its E2E lines. Whether the timeout struck."""
+    argv = qemu_command(parts, workdir, mode)
+    (workdir / "qemu.argv").write_text(shlex.join(argv) + "\n")
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    console = workdir / "console.log"
+    seen = 0
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            timed_out = True
+            vm.kill(proc)  # type: ignore[arg-type]
+            break
+        time.sleep(1)
+        seen = _echo(console, seen, say)
+    proc.wait()
+    _echo(console, seen, say)
+    if proc.stdout is not None:
+        rest = proc.stdout.read().decode(errors="replace").strip()
+        if rest:
+            say(f"qemu: {rest}")
+    return timed_out
+
+
+def _echo(console: Path, seen: int, say: Callable[[str], None]) -> int:
+    """Say the console's new E2E lines; returns how far it has read."""
+    try:
+        with open(console, "rb") as f:
+            f.seek(seen)
+            chunk = f.read()
+    except FileNotFoundError:
+        return seen
+    end = chunk.rfind(b"\n") + 1
+    for line in chunk[:end].decode(errors="replace").splitlines():
+        line = line.strip()
+        at = line.find("E2E")
+        if at >= 0:
+            say(line[at:])
+    return seen + end
+
+
+def report(workdir: Path, say: Callable[[str], None]) -> int:
+    """Print the scenarios' verdicts and figures; 0 when all passed."""
+    path = workdir / "results.json"
+    if not path.exists():
+        say(f"no results: dom0 did not finish (console: {workdir / 'console.log'})")
+        return 1
+    results = json.loads(path.read_text())
+    failed = 0
+    timeline = dict(
+        line.split() for line in vm.lines(workdir / "timeline") if len(line.split()) == 2
+    )
+    say(
+        "dom0 timeline (uptime, s): "
+        + ", ".join(f"{k} {float(v):.1f}" for k, v in timeline.items())
+    )
+    say(
+        "stages (dom0 uptime, s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in results.get("stages", {}).items())
+    )
+    for name, scenario in results.get("scenarios", {}).items():
+        ok = scenario.get("ok", False)
+        failed += not ok
+        say(f"{'PASS' if ok else 'FAIL'} {name}")
+        for check in scenario.get("checks", []):
+            mark = "ok  " if check["ok"] else "FAIL"
+            say(f"    {mark} {check['what']}" + (f": {check['detail']}" if check["detail"] else ""))
+        for key, value in scenario.get("figures", {}).items():
+            say(f"    {key}: {value}")
+    wanted = results.get("wanted", [])
+    missing = [name for name in wanted if name not in results.get("scenarios", {})]
+    for name in missing:
+        say(f"FAIL {name}: did not run (dom0 stopped before it)")
+    return 1 if failed or missing or not results.get("scenarios") else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.e2e", description=__doc__.splitlines()[0]
+    )
+    env = os.environ
+    parser.add_argument(
+        "--timeout", type=float, default=float(env.get("REMUS_NETBUF_E2E_TIMEOUT") or TIMEOUT)
+    )
+    parser.add_argument(
+        "--keep", action="store_true", default=env.get("REMUS_NETBUF_E2E_KEEP") == "1"
+    )
+    parser.add_argument(
+        "--only",
+        default=env.get("REMUS_NETBUF_E2E_ONLY", ""),
+        help="comma-separated scenario names (default: all)",
+    )
+    args = parser.parse_args(argv)
+
+    start = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"e2e [{time.monotonic() - start:6.1f}s] {line}", flush=True)
+
+    try:
+        parts = prepare(say)
+        mode = accel(say)
+    except (vm.Unavailable, xenpkg.XenPkgError) as err:
+        say(f"cannot run: {err}")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="remus-netbuf-e2e-", dir="/tmp"))
+    write_env(parts, workdir, [n for n in args.only.split(",") if n])
+    say(f"booting Xen {parts.xen.version} + dom0 {parts.kernel.version} in QEMU ({mode})")
+    say(f"work dir {workdir}")
+    timed_out = boot(parts, workdir, mode, args.timeout, say)
+    if timed_out:
+        say(f"timed out after {args.timeout:g} s")
+    rc = report(workdir, say) or (1 if timed_out else 0)
+    say(f"make e2e: {'passed' if rc == 0 else 'FAILED'} in {time.monotonic() - start:.0f} s")
+    if rc == 0 and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"kept {workdir}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

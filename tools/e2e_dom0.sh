@@ -1,0 +1,63 @@
+#!/bin/bash
+# PID 1 of the e2e tier's Xen dom0 (tools/e2e.py boots it; e2e_init.sh switches root to it).
+# Brings up what a Debian Xen dom0 runs (xenfs, the C xenstored, xen-init-dom0, xenconsoled),
+# then the scenarios (tools/e2e_dom0.py, with the repo's venv), then powers off. The work dir is
+# /e2e: the host passes its settings in /e2e/env and reads back stage.log, timeline, results.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+W=/e2e
+LOG=$W/stage.log
+: >"$LOG"
+# shellcheck source=/dev/null
+. "$W/env"
+mark() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >>"$W/timeline"; }
+say() { echo "E2E[$(cut -d' ' -f1 /proc/uptime)s]: $*" | tee -a "$LOG" >/dev/console; }
+finish() {
+    cp -a /var/log/xen "$W/varlogxen" 2>/dev/null
+    dmesg >"$W/dmesg.txt" 2>&1
+    mark done
+    say "power off"
+    sync
+    echo o >/proc/sysrq-trigger
+    sleep 1000
+}
+mark dom0
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /run/xen /run/lock /var/log/xen /var/lib/xen
+mount -t tmpfs tmpfs /var/log/xen
+mount -t tmpfs tmpfs /var/lib/xen
+# devtmpfs has no /dev/fd or /dev/stdin: Xen's locking.sh stats /dev/stdin, and loops for ever
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+for i in 0:stdin 1:stdout 2:stderr; do
+    [ -e "/dev/${i#*:}" ] || ln -s "/proc/self/fd/${i%%:*}" "/dev/${i#*:}"
+done
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+hostname dom0
+say "dom0 up: kernel $(uname -r), $(cat /sys/hypervisor/type 2>/dev/null) $(cat /sys/hypervisor/version/major 2>/dev/null).$(cat /sys/hypervisor/version/minor 2>/dev/null)"
+# The host's Python, unpacked into RAM and bound over its own paths: cold imports over 9p are
+# what makes a hotplug script overrun libxl's 40 s in TCG.
+if [ -n "${E2E_TARBALL:-}" ]; then
+    mkdir -p /run/pyroot
+    mount -t tmpfs -o mode=0755 pyroot /run/pyroot
+    if tar -C /run/pyroot -xf "$E2E_TARBALL"; then
+        for dir in $E2E_PYDIRS; do mount --bind "/run/pyroot$dir" "$dir"; done
+    fi
+    mark python
+fi
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback bridge; do
+    modprobe $m || say "modprobe $m FAILED"
+done
+mount -t xenfs xenfs /proc/xen
+ip link set lo up
+/usr/lib/xen-4.17/bin/xenstored --pid-file /run/xen/xenstored.pid >>"$LOG" 2>&1
+for _ in $(seq 1 120); do xenstore-read -s / >/dev/null 2>&1 && break; sleep 0.5; done
+/usr/lib/xen-4.17/bin/xen-init-dom0 >>"$LOG" 2>&1 || say "xen-init-dom0 failed"
+/usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir="$W" >>"$LOG" 2>&1
+mark xen
+say "xenstored, xen-init-dom0, xenconsoled started"
+cd "$E2E_REPO" && "$E2E_PYTHON" -X faulthandler tools/e2e_dom0.py >>"$LOG" 2>&1
+echo $? >"$W/rc"
+[ -f "$W/interactive" ] && setsid sh -c 'exec bash </dev/hvc0 >/dev/hvc0 2>&1'
+finish
