@@ -600,13 +600,21 @@ class Dom0:
         """An admin kills xl remus: xl has no signal handler, so libxl never runs teardown."""
         assert self.receiver is not None
         g1 = self.guests[0]
+        receiver = self.receiver
         with self.scenario("kill") as sc:
             remus = Remus(g1, TIMED)
             status = remus.wait_connected()
             if not sc.check("libxl's setup of our script succeeds", status == "connected", status):
                 remus.stop()
                 return
-            time.sleep(6)
+            marks = wait_for(
+                lambda: len(remus.checkpoints()) >= 2 or remus.proc.poll() is not None, 120
+            )
+            running = remus.proc.poll() is None and len(remus.checkpoints()) >= 2
+            if not sc.check("Remus is checkpointing when xl remus is killed", running, f"{marks}"):
+                sc.figures["xl output tail"] = remus.text()[-1500:]
+                remus.stop()
+                return
             before = len(hotplug_log())
             rc = remus.stop(signal.SIGTERM)
             sc.figures["xl remus exit after SIGTERM"] = rc
@@ -623,7 +631,13 @@ class Dom0:
                 status_out.stdout.strip().splitlines()
             )
             done = sh(
-                str(cli), "teardown", "--vif", g1.vif, "--xenbus-path", g1.netbuf, "--ifb", ifb
+                str(cli),
+                "teardown",
+                "--vif",
+                g1.vif,
+                "--xenbus-path",
+                g1.netbuf,
+                *(["--ifb", ifb] if ifb else []),
             )
             sc.check(
                 "remus-netbuf teardown frees it",
@@ -632,8 +646,21 @@ class Dom0:
             )
             left = leftovers(g1)
             sc.check("nothing is left after remus-netbuf teardown", not left, left)
-            ok, detail = steady(self.receiver, g1, 4)
-            sc.check("the guest's stream flows unbuffered again", ok, detail)
+            state = sh("xl", "list", g1.name).stdout.splitlines()[-1:]
+            if state and "---ss-" in state[0]:
+                # Killed inside a checkpoint, xl leaves the guest suspended, and xl has no
+                # command to resume it: its network cannot flow, whatever the netbuf. The
+                # admin's way out, and ours, for the scenarios that follow: a new guest.
+                sc.figures["xl left the guest suspended"] = state
+                sh("xl", "destroy", g1.name)
+                since = time.monotonic()
+                problem = create_guest(g1)
+                got = not problem and wait_for(
+                    lambda: (receiver.last_from(g1.addr) or 0) > since, 180, 1
+                )
+                sc.check(f"{g1.name} created again", got, problem)
+            ok, detail = steady(receiver, g1, 4)
+            sc.check("the guest's stream flows unbuffered", ok, detail)
 
     def bash(self) -> None:
         with self.scenario("bash") as sc:
