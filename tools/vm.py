@@ -13,7 +13,7 @@ real dom0: the admin verifies on their own kernel), else in QEMU with KVM when a
 (:data:`KVM_PROBE_SECONDS`, its verdict cached) shows KVM boots, else with TCG. ``native``,
 ``kvm`` and ``tcg`` force one.
 
-TCG is slow for Python over 9p (a cold ``import pyroute2, pyxs`` takes 10 s), so the guest
+TCG is slow for Python over 9p (a cold import of the venv's packages took 10 s), so the guest
 unpacks the interpreter's standard library and the venv's site-packages from one tarball (built
 here once per venv, :func:`python_tarball`) into a tmpfs and binds them over their own paths:
 same paths, a third of the import time. The guest then measures its speed against this host
