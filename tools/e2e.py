@@ -17,7 +17,8 @@ dom0 (tools/e2e_guest.sh, tools/e2e_udp.c).
 
 exits 0 when every scenario passed, 1 when one failed, 2 when the tier could not run.
 Settings: REMUS_NETBUF_VM (auto|kvm|tcg, as the kernel tier), REMUS_NETBUF_E2E_TIMEOUT,
-REMUS_NETBUF_E2E_KEEP=1, REMUS_NETBUF_E2E_ONLY. The cache is .cache/e2e (and .cache/vm).
+REMUS_NETBUF_E2E_KEEP=1, REMUS_NETBUF_E2E_ONLY, REMUS_NETBUF_E2E_CPU (TCG's -cpu, default
+max). The cache is .cache/e2e (and .cache/vm).
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ def accel(say: Callable[[str], None]) -> str:
 
 def qemu_command(parts: Parts, workdir: Path, mode: str) -> list[str]:
     """Xen as the multiboot kernel; dom0's kernel and initramfs as its modules."""
-    cpu = ["-accel", "kvm", "-cpu", "host"] if mode == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    tcg_cpu = os.environ.get("REMUS_NETBUF_E2E_CPU") or "max"  # another TCG model, to compare
+    cpu = ["-accel", "kvm", "-cpu", "host"] if mode == "kvm" else ["-accel", "tcg", "-cpu", tcg_cpu]
     argv = ["qemu-system-x86_64", *cpu, "-machine", "pc", "-smp", "2", "-m", str(MEMORY_MB)]
     argv += ["-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults"]
     argv += ["-serial", f"file:{workdir / 'console.log'}"]
