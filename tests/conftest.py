@@ -9,8 +9,14 @@ pytest_plugins = ["tests.vmtier"]
 
 import os  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.bed import Bed
+    from tests.forkrun import Runner
 
 
 @pytest.hookimpl(tryfirst=True)  # before the kernel tier boots its VMs, which have no network
@@ -35,3 +41,21 @@ def _package_log_restored() -> Iterator[None]:
     yield
     vars(log).clear()
     vars(log).update(saved)
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator["Bed"]:
+    """A private network namespace with the stand-in xenstored (tests/bed.py), torn down after."""
+    from tests.bed import make_bed
+
+    yield from make_bed(tmp_path)
+
+
+@pytest.fixture
+def runner(bed: "Bed") -> Iterator["Runner"]:
+    """Runs our programs against ``bed`` as libxl does, each a fork of the test process
+    (tests/forkrun.py)."""
+    from tests.forkrun import Runner
+
+    with Runner(bed) as run:
+        yield run

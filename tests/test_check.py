@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,7 @@ from remus_netbuf.check import (
 from remus_netbuf.config import Config
 from remus_netbuf.errors import KernelError, KernelLacks
 from remus_netbuf.xlconf import KEY
-from tests.bed import BIN, Bed, make_bed, sh
+from tests.bed import BIN, Bed, sh
 from tests.elfstub import NETBUF, write_stub
 from tests.forkrun import Runner
 from tools import vm
@@ -267,17 +266,6 @@ def test_xl_script_fails_when_missing_or_not_executable(tmp_path: Path) -> None:
 # --- end to end on this kernel ----------------------------------------------------------------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
-
-
-@pytest.fixture
-def runner(bed: Bed) -> Iterator[Runner]:
-    with Runner(bed) as run:
-        yield run
 
 
 def levels(stdout: str) -> dict[str, tuple[str, str]]:

@@ -9,22 +9,16 @@ namespace and the VM's own, as the real ``ip``/``tc`` show them, and the list of
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.bed import BIN, Bed, make_bed, sh
+from tests.bed import BIN, Bed, sh
 from tests.elfstub import NETBUF, write_stub
 from tests.forkrun import Runner, kernel_state
 from tests.vmtier import scaled
 
 pytestmark = pytest.mark.vm(weight=15)
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def root_state() -> tuple[str, str, str]:

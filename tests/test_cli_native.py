@@ -12,24 +12,17 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bed import CLI, Bed, Result, make_bed, netbuf_path, sh
+from tests.bed import CLI, Bed, Result, netbuf_path, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
 VIF = "vif5.0"
 PATH5, PATH6, PATH7 = netbuf_path(5), netbuf_path(6), netbuf_path(7)
 SUBCOMMANDS = ["status", "gc", "plug", "setup", "teardown", "check"]
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def kernel_has_plug(bed: Bed) -> bool:

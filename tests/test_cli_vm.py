@@ -12,11 +12,10 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 from tests.packets import Wire
 
 pytestmark = pytest.mark.vm
@@ -28,11 +27,6 @@ STATS = re.compile(
     r"drops (?P<drops>\d+) requeues (?P<requeues>\d+) overlimits (?P<overlimits>\d+) "
     r"sent (?P<bytes>\d+)b (?P<packets>\d+)p\n"
 )
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import string
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 from tests.forkrun import Job, Outcome, Runner, daemon_dies_after, kernel_state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
@@ -41,17 +41,6 @@ PATH5, PATH7 = netbuf_path(5), netbuf_path(7)
 BAD_INPUT_CASES = 1000
 BOUND = 20.0  # seconds any faulty run may take: libxl kills the script at 40 s
 PROGRAM = "remus-netbuf-setup: "
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
-
-
-@pytest.fixture
-def runner(bed: Bed) -> Iterator[Runner]:
-    with Runner(bed) as run:
-        yield run
 
 
 @functools.cache

@@ -20,11 +20,10 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.bed import SETUP, Bed, make_bed, netbuf_path, sh
+from tests.bed import SETUP, Bed, netbuf_path, sh
 from tests.forkrun import Job, KernelState, Outcome, Runner, daemon_dies_after, kernel_state
 from tests.vmtier import scaled
 
@@ -71,17 +70,6 @@ def lock_timeout_for_a_slow_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
 
     generator = lock.pickifb_lock.__wrapped__  # type: ignore[attr-defined]
     monkeypatch.setattr(generator, "__defaults__", (max(30.0, LOCK_TIMEOUT),))
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
-
-
-@pytest.fixture
-def runner(bed: Bed) -> Iterator[Runner]:
-    with Runner(bed) as run:
-        yield run
 
 
 @pytest.fixture

@@ -8,22 +8,16 @@ the plug (a successful setup, busy-by-plug IFBs, packets) runs in the kernel tie
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
 VIF = "vif5.0"
 PATH5 = netbuf_path(5, 0)
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def kernel_has_plug(bed: Bed) -> bool:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.bed import SETUP, Bed, make_bed, netbuf_path
+from tests.bed import SETUP, Bed, netbuf_path
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
@@ -38,11 +36,6 @@ DENY = (
     "json",
 )
 _LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$")
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def imports(bed: Bed, *argv: str, **env: str) -> dict[str, list[str]]:

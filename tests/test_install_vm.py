@@ -20,13 +20,12 @@ import os
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import wheels
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 from tests.elfstub import NETBUF, write_stub
 from tests.test_metrics import netbuf, parse
 from tests.vmtier import scaled
@@ -50,11 +49,6 @@ def offline_wheels() -> Path:
             pytest.fail(f"no wheels to install offline: {found}", pytrace=False)
         pytest.skip(f"no wheels to install offline: {found}")
     return found
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> str:

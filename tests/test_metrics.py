@@ -13,7 +13,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from remus_netbuf import cli
 from remus_netbuf.audit import Plugged, Snapshot
 from remus_netbuf.decide import Claim, Ifb
 from remus_netbuf.metrics import Scrape, exposition, write
-from tests.bed import BIN, Bed, make_bed, netbuf_path
+from tests.bed import BIN, Bed, netbuf_path
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -174,11 +173,6 @@ def test_output_goes_with_the_prometheus_format_only(
 # --- end to end on this kernel ----------------------------------------------------------------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 @needs_root

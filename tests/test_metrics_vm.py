@@ -9,12 +9,11 @@ The file is parsed with prometheus_client's own parser.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 from tests.forkrun import Runner
 from tests.packets import Wire
 from tests.test_cli_vm import plug_by_hand, redirect_by_hand
@@ -24,11 +23,6 @@ from tests.vmtier import scaled
 pytestmark = pytest.mark.vm(weight=10)
 VIF = "vif5.0"
 LIMIT = 1000  # bytes: four 242-byte datagrams, then drops
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def test_drops_of_an_overflowing_plug_are_counted_in_the_metrics(bed: Bed, tmp_path: Path) -> None:

@@ -12,12 +12,10 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 from tests.test_hotplug_native import assert_one_line_failure, install_by_hand
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
@@ -25,11 +23,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namesp
 VIF = "vif5.0"
 PATH5 = netbuf_path(5, 0)
 TBF = ["tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms"]
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def shaping(bed: Bed, dev: str, ifb: str) -> str:

@@ -8,25 +8,17 @@ test_ours_native.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from remus_netbuf.errors import KernelError
 from remus_netbuf.netlink import Netlink
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 from tests.test_ours_native import shaping
 
 pytestmark = pytest.mark.vm(weight=40)
 
 VIF = "vif5.0"
 PATH5 = netbuf_path(5, 0)
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 def fresh(bed: Bed, ifb: str) -> bool:

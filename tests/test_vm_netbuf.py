@@ -9,24 +9,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from remus_netbuf.errors import PlugError
 from remus_netbuf.plug import Plug
-from tests.bed import Bed, make_bed, netbuf_path
+from tests.bed import Bed, netbuf_path
 from tests.packets import Wire
 
 pytestmark = pytest.mark.vm
 
 VIF = "vif5.0"
 PATH5 = netbuf_path(5, 0)
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 @pytest.fixture

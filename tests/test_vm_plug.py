@@ -15,24 +15,18 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from remus_netbuf.errors import EpochOutstanding
 from remus_netbuf.plug import Plug, PlugGroup
-from tests.bed import Bed, make_bed, netbuf_path, sh
+from tests.bed import Bed, netbuf_path, sh
 from tests.packets import Wire
 
 pytestmark = pytest.mark.vm(weight=30)
 
 VIFS = ("vif5.0", "vif5.1")
 PATHS = (netbuf_path(5, 0), netbuf_path(5, 1))
-
-
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[Bed]:
-    yield from make_bed(tmp_path)
 
 
 @pytest.fixture
