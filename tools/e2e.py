@@ -180,7 +180,7 @@ def _udp_sender() -> Path:
     if not binary.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = binary.with_suffix(f".{os.getpid()}")
-        _run(["gcc", "-static", "-O2", "-Wall", "-o", str(tmp), str(UDP_SOURCE)], "gcc")
+        vm._check(["gcc", "-static", "-O2", "-Wall", "-o", str(tmp), str(UDP_SOURCE)], "gcc")
         tmp.replace(binary)
     return binary
 
@@ -226,12 +226,6 @@ def _initrd(
             old.unlink()
         tmp_image.replace(image)
     return image
-
-
-def _run(argv: Sequence[str], what: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise vm.Unavailable(f"{what} failed: {done.stderr.strip()}")
 
 
 # --- one boot -------------------------------------------------------------------------------
