@@ -1,6 +1,6 @@
 # remus-netbuf: every target prepares what it needs (Debian packages, .venv) itself.
 PY := .venv/bin/python
-SRC := remus_netbuf tests tools bench
+SRC := remus_netbuf tests tools bench scripts/remus-netbuf-setup
 
 .PHONY: all deps lint test e2e demo bench bench-native clean install uninstall
 all: test

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +103,13 @@ def test_version_and_help_load_nothing_of_the_product(bed: Bed) -> None:
         product = {n for n in found if n.startswith("remus_netbuf.")}
         assert product == {"remus_netbuf.hotplug"}, flag
         assert denied(found, (*DENY, "logging", "filelock", "dataclasses")) == [], flag
+
+
+def test_the_installed_program_is_our_script_not_a_generated_wrapper() -> None:
+    """pip installs scripts/remus-netbuf-setup itself (pyproject's script-files), its first line
+    pointed at the venv's python3; the console-script wrapper pip generates imports ``re``."""
+    ours = (Path(__file__).resolve().parents[1] / "scripts" / "remus-netbuf-setup").read_text()
+    installed = Path(SETUP).read_text()
+    assert installed.splitlines()[1:] == ours.splitlines()[1:], "reinstall: tools/ensure-deps"
+    shebang = installed.splitlines()[0].removeprefix("#!")
+    assert Path(shebang).parent == Path(sys.executable).parent, shebang  # the venv's bin

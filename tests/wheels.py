@@ -22,7 +22,8 @@ FIXTURE = "offline_wheels"
 def source_stamp() -> str:
     """Changes whenever the wheel of this checkout would."""
     digest = hashlib.sha256()
-    for path in [REPO / "pyproject.toml", REPO / "README.md", *sorted(REPO.glob("remus_netbuf/*"))]:
+    sources = [*sorted(REPO.glob("remus_netbuf/*")), *sorted(REPO.glob("scripts/*"))]
+    for path in [REPO / "pyproject.toml", REPO / "README.md", *sources]:
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
