@@ -11,10 +11,15 @@ a key they do not use: they read the file with ``tolerate`` (see :func:`parse_co
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import NamedTuple
 
 from .errors import ConfigError
+from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    Tolerate = Callable[[ConfigError], None]  # told of each problem it lets pass
 
 DEFAULT_PATH = "/etc/xen/remus-netbuf.conf"
 PROTOCOLS = ("all", "ip")
@@ -22,16 +27,24 @@ _TRUE = ("1", "yes", "true", "on")
 _FALSE = ("0", "no", "false", "off")
 PLUG_LIMIT_MAX = 2**32 - 1  # the kernel's tc_plug_qopt.limit is a u32
 LOCK_DIR = "lock_dir"  # the one key teardown and gc need: never tolerated
-Tolerate = Callable[[ConfigError], None]  # told of each problem it lets pass
 
 
-class Config(NamedTuple):
+class Config(Record):
     """What the netbuf does; the defaults are what libxl's users get without a file."""
 
-    plug_limit: int = 10_000_000
-    protocols: str = "all"
-    ifb_autocreate: bool = True
-    lock_dir: str = "/var/run/xen-hotplug"
+    __slots__ = ("plug_limit", "protocols", "ifb_autocreate", "lock_dir")
+
+    def __init__(
+        self,
+        plug_limit: int = 10_000_000,
+        protocols: str = "all",
+        ifb_autocreate: bool = True,
+        lock_dir: str = "/var/run/xen-hotplug",
+    ) -> None:
+        self.plug_limit = plug_limit
+        self.protocols = protocols
+        self.ifb_autocreate = ifb_autocreate
+        self.lock_dir = lock_dir
 
 
 def _plug_limit(value: str) -> int:

@@ -7,28 +7,45 @@ snapshots the side-effect modules took, so each rule is unit-tested on its own.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable
-from typing import NamedTuple
+
+from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterable
 
 NETBUF_ROOT = "/libxl"
 
 
-class Ifb(NamedTuple):
+class Ifb(Record):
     """An IFB device as the kernel shows it."""
 
-    name: str
-    root_qdisc: str | None  # kind of the root qdisc (pfifo_fast once up); None: none listed
-    up: bool = False
-    added_root: bool = False  # the root qdisc was added (it has a handle), not the kernel's own
-    root_handle: int = 0  # that handle (our plug's is netlink.PLUG_HANDLE, 5245:); 0: none
+    __slots__ = ("name", "root_qdisc", "up", "added_root", "root_handle")
+
+    def __init__(
+        self,
+        name: str,
+        root_qdisc: str | None,  # kind of the root qdisc (pfifo_fast once up); None: none listed
+        up: bool = False,
+        added_root: bool = False,  # the root qdisc has a handle: added, not the kernel's own
+        root_handle: int = 0,  # that handle (our plug's is netlink.PLUG_HANDLE, 5245:); 0: none
+    ) -> None:
+        self.name = name
+        self.root_qdisc = root_qdisc
+        self.up = up
+        self.added_root = added_root
+        self.root_handle = root_handle
 
 
-class Claim(NamedTuple):
+class Claim(Record):
     """``/libxl/<domid>/remus/netbuf/<devid>/ifb = <ifb>``: a netbuf's claim on an IFB."""
 
-    domid: int
-    devid: int
-    ifb: str
+    __slots__ = ("domid", "devid", "ifb")
+
+    def __init__(self, domid: int, devid: int, ifb: str) -> None:
+        self.domid = domid
+        self.devid = devid
+        self.ifb = ifb
 
     @property
     def path(self) -> str:
@@ -53,12 +70,15 @@ def live_claims(claims: Iterable[Claim], live_domids: Collection[int]) -> list[C
 IFB_NAME = re.compile(r"ifb[0-9]+")  # as the ifb module, Xen's scripts and we name them
 
 
-class Choice(NamedTuple):
+class Choice(Record):
     """The outcome of picking: the IFB, or None with the reason listing every IFB's owner."""
 
-    ifb: str | None
-    reason: str
-    up: bool = False  # whether the chosen IFB was already up (then rollback leaves it up)
+    __slots__ = ("ifb", "reason", "up")
+
+    def __init__(self, ifb: str | None, reason: str, up: bool = False) -> None:
+        self.ifb = ifb
+        self.reason = reason
+        self.up = up  # whether the chosen IFB was already up (then rollback leaves it up)
 
 
 def pick_ifb(
@@ -110,12 +130,15 @@ def next_ifb_name(existing: Collection[str]) -> str:
     return f"ifb{number}"
 
 
-class TeardownPlan(NamedTuple):
+class TeardownPlan(Record):
     """What a teardown undoes beyond what it always undoes (the vif's ingress, the status nodes)."""
 
-    free_ifb: str | None  # bring down and unplug this IFB
-    remove_claim: bool  # remove XENBUS_PATH/ifb
-    why: str
+    __slots__ = ("free_ifb", "remove_claim", "why")
+
+    def __init__(self, free_ifb: str | None, remove_claim: bool, why: str) -> None:
+        self.free_ifb = free_ifb  # bring down and unplug this IFB
+        self.remove_claim = remove_claim  # remove XENBUS_PATH/ifb
+        self.why = why
 
 
 def plan_teardown(

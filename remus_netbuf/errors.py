@@ -9,7 +9,9 @@ bug: it is logged with its traceback.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class NetbufError(Exception):

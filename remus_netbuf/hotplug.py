@@ -7,8 +7,9 @@ and, when ``XENBUS_PATH`` is valid, in ``XENBUS_PATH/hotplug-error`` with
 Start-up is part of every hotplug run, so this module imports only what a path uses, where it
 uses it: ``--version`` and ``--help`` load nothing more, and the pickifb lock is the standard
 library's flock (tests/test_imports.py pins this). For the same reason the
-records on the hotplug path are NamedTuples, not dataclasses: ``dataclasses`` loads ``inspect``
-and writes each class's methods at import, ~8 ms of a 40 ms no-op teardown.
+records on the hotplug path are neither dataclasses (``dataclasses`` loads ``inspect`` and
+writes each class's methods at import, ~8 ms of a 40 ms no-op teardown) nor NamedTuples
+(``typing``): see record.py.
 """
 
 from __future__ import annotations

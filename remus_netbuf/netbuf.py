@@ -10,21 +10,26 @@ from :mod:`.decide`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import TypeVar
 
-from .config import Config
 from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
 from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
 from .lock import pickifb_lock
 from .log import SECONDARY, log
 from .netlink import Netlink, has_our_plug, link_exists
-from .request import Request
 from .xenstore import Xenstore, socket_path
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from typing import TypeVar
+
+    from .config import Config
+    from .request import Request
+
+    T = TypeVar("T")
+
 KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when this step starts
 
 

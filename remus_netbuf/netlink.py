@@ -4,7 +4,7 @@ Nothing else talks to the kernel. Every verb works in the namespace the session 
 and logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device
 it touches, so an admin can read the log and replay it. Kernel errors are translated here into
 :class:`KernelError` (or :class:`KernelLacks` when a module is missing); data crossing the
-boundary is small records (NamedTuples), never netlink messages.
+boundary is small records (record.py), never netlink messages.
 
 The messages themselves are :mod:`.rtnl`'s, byte for byte what the logged command sends; this
 module decodes the answers. (It used pyroute2 until start-up mattered: importing it took longer
@@ -25,15 +25,18 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple
 
 from . import rtnl
 from .decide import Ifb
 from .errors import KernelError, KernelLacks
 from .log import DEBUG, INFO, log
+from .record import Record
 from .rtnl import TC_H_INGRESS, TC_H_ROOT, Message, RtnlError, acks_of
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 __all__ = ["acks_of"]  # re-exported: every ack of a datagram (rtnl)
 
@@ -59,52 +62,92 @@ _LACKS_U32 = ("cls_u32", "CONFIG_NET_CLS_U32")
 _LACKS_MIRRED = ("act_mirred", "CONFIG_NET_ACT_MIRRED")
 
 
-class Link(NamedTuple):
-    ifindex: int  # the kernel's ifi_index ("index" would hide tuple.index)
-    name: str
-    kind: str | None
-    up: bool
+class Link(Record):
+    __slots__ = ("ifindex", "name", "kind", "up")
+
+    def __init__(self, ifindex: int, name: str, kind: str | None, up: bool) -> None:
+        self.ifindex = ifindex  # the kernel's ifi_index
+        self.name = name
+        self.kind = kind
+        self.up = up
 
 
-class QdiscStats(NamedTuple):
+class QdiscStats(Record):
     """Counters of a qdisc; backlog is what the plug holds right now."""
 
-    kind: str
-    bytes: int
-    packets: int
-    backlog_bytes: int
-    backlog_packets: int
-    drops: int
-    requeues: int
-    overlimits: int
+    __slots__ = (
+        "kind",
+        "bytes",
+        "packets",
+        "backlog_bytes",
+        "backlog_packets",
+        "drops",
+        "requeues",
+        "overlimits",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        bytes: int,
+        packets: int,
+        backlog_bytes: int,
+        backlog_packets: int,
+        drops: int,
+        requeues: int,
+        overlimits: int,
+    ) -> None:
+        self.kind = kind
+        self.bytes = bytes
+        self.packets = packets
+        self.backlog_bytes = backlog_bytes
+        self.backlog_packets = backlog_packets
+        self.drops = drops
+        self.requeues = requeues
+        self.overlimits = overlimits
 
 
-class PlugFailure(NamedTuple):
+class PlugFailure(Record):
     """A plug action the kernel refused on one device: its errno and its words."""
 
-    ifb: str
-    code: int
-    reason: str
+    __slots__ = ("ifb", "code", "reason")
+
+    def __init__(self, ifb: str, code: int, reason: str) -> None:
+        self.ifb = ifb
+        self.code = code
+        self.reason = reason
 
 
-class Redirect(NamedTuple):
+class Redirect(Record):
     """An ingress filter key: a redirect to device ``ifb``, or (``other``) a key that does
     something else."""
 
-    protocol: str
-    pref: int
-    ifb: str | None
-    other: bool = False
+    __slots__ = ("protocol", "pref", "ifb", "other")
+
+    def __init__(self, protocol: str, pref: int, ifb: str | None, other: bool = False) -> None:
+        self.protocol = protocol
+        self.pref = pref
+        self.ifb = ifb
+        self.other = other
 
 
-class Survey(NamedTuple):
+class Survey(Record):
     """What :meth:`Netlink.survey` saw: link kinds by name, the IFBs, root qdisc counters by
     device, the ingress filters by device."""
 
-    kinds: dict[str, str | None]
-    ifbs: list[Ifb]
-    stats: dict[str, QdiscStats]
-    filters: dict[str, list[Redirect]]
+    __slots__ = ("kinds", "ifbs", "stats", "filters")
+
+    def __init__(
+        self,
+        kinds: dict[str, str | None],
+        ifbs: list[Ifb],
+        stats: dict[str, QdiscStats],
+        filters: dict[str, list[Redirect]],
+    ) -> None:
+        self.kinds = kinds
+        self.ifbs = ifbs
+        self.stats = stats
+        self.filters = filters
 
 
 def link_exists(name: str) -> bool:

@@ -9,10 +9,13 @@ validated before anything is touched.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from .errors import BadRequest
+from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 COMMANDS = ("setup", "teardown")
 VARIABLES = ("vifname", "XENBUS_PATH", "REMUS_IFB")
@@ -22,13 +25,16 @@ _XENBUS = re.compile(r"/libxl/(0|[1-9][0-9]{0,4})/remus/netbuf/(0|[1-9][0-9]{0,8
 DOMID_FIRST_RESERVED = 0x7FF0  # xen/include/public/xen.h: domids at or above are not guests
 
 
-class Request(NamedTuple):
+class Request(Record):
     """A validated hotplug request."""
 
-    command: str
-    vif: str
-    xenbus_path: str
-    remus_ifb: str | None
+    __slots__ = ("command", "vif", "xenbus_path", "remus_ifb")
+
+    def __init__(self, command: str, vif: str, xenbus_path: str, remus_ifb: str | None) -> None:
+        self.command = command
+        self.vif = vif
+        self.xenbus_path = xenbus_path
+        self.remus_ifb = remus_ifb
 
     @property
     def domid(self) -> int:

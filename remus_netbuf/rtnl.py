@@ -18,8 +18,12 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+
+from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -69,11 +73,14 @@ class RtnlError(OSError):
         super().__init__(code, text or os.strerror(code))
 
 
-class Message(NamedTuple):
+class Message(Record):
     """One answer: its type and what follows the netlink header."""
 
-    kind: int
-    body: bytes
+    __slots__ = ("kind", "body")
+
+    def __init__(self, kind: int, body: bytes) -> None:
+        self.kind = kind
+        self.body = body
 
 
 class Socket:

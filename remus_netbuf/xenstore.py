@@ -17,8 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
 
 from . import xswire
 from .decide import NETBUF_ROOT, Claim
@@ -26,7 +24,13 @@ from .errors import XenstoreError, one_line
 from .log import log
 from .xswire import DIRECTORY, READ, RM, TRANSACTION_END, TRANSACTION_START, WRITE, XsError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 DEFAULT_SOCKET = "/var/run/xenstored/socket"
 XENBUS_DEVICE = "/dev/xen/xenbus"
 TX_ATTEMPTS = 50  # EAGAIN retries of one transaction before giving up
