@@ -1,12 +1,11 @@
 """Decisions as plain functions over plain data: no kernel, no xenstore, no clock.
 
 Which IFB is free, what name a new one gets, and what a teardown must undo are decided here from
-snapshots the side-effect modules took, so each rule is unit-tested on its own.
+snapshots the side-effect modules took, so each rule is unit-tested on its own. Names are
+matched and split by hand, not with ``re``, which a setup would import for this alone.
 """
 
 from __future__ import annotations
-
-import re
 
 from .record import Record
 
@@ -57,8 +56,17 @@ def netbuf_path(domid: int, devid: int) -> str:
 
 
 def natural_key(name: str) -> tuple[str | int, ...]:
-    """Sort key that puts ifb2 before ifb10."""
-    parts = re.split(r"([0-9]+)", name)  # text, number, text, ...: numbers at odd positions
+    """Sort key that puts ifb2 before ifb10: the runs of text and of ASCII digits in turn, text
+    first and last (either may be empty), each run of digits as its number."""
+    parts = [""]  # text, digits, text, ...: the digits at odd positions
+    for char in name:
+        in_digits = len(parts) % 2 == 0
+        if ("0" <= char <= "9") == in_digits:
+            parts[-1] += char
+        else:
+            parts.append(char)
+    if len(parts) % 2 == 0:
+        parts.append("")
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
 
 
@@ -67,7 +75,11 @@ def live_claims(claims: Iterable[Claim], live_domids: Collection[int]) -> list[C
     return [claim for claim in claims if claim.domid in live_domids]
 
 
-IFB_NAME = re.compile(r"ifb[0-9]+")  # as the ifb module, Xen's scripts and we name them
+def is_ifb_name(name: str) -> bool:
+    """Whether ``name`` is ``ifbN`` (N: ASCII digits), as the ifb module, Xen's scripts and we
+    name IFBs."""
+    number = name[3:]
+    return name.startswith("ifb") and number.isascii() and number.isdigit()
 
 
 class Choice(Record):
@@ -104,7 +116,7 @@ def pick_ifb(
         if claim.path != own_path:
             owners.setdefault(claim.ifb, []).append(f"domain {claim.domid} vif {claim.devid}")
     busy = []
-    for name in sorted((n for n in names if IFB_NAME.fullmatch(n)), key=natural_key):
+    for name in sorted((n for n in names if is_ifb_name(n)), key=natural_key):
         if name in owners:
             busy.append(f"{name} (claimed by {', '.join(owners[name])})")
             continue
@@ -198,6 +210,6 @@ def free_ifbs(
     names = (
         ifb.name
         for ifb in ifbs
-        if IFB_NAME.fullmatch(ifb.name) and ifb.root_qdisc != "plug" and ifb.name not in claimed
+        if is_ifb_name(ifb.name) and ifb.root_qdisc != "plug" and ifb.name not in claimed
     )
     return sorted(names, key=natural_key)

@@ -3,12 +3,11 @@
 libxl runs ``remus-netbuf-setup setup|teardown`` with the names in the environment; Xen's shell
 scripts also accept ``name=value`` arguments that override it (``evalVariables``). Here they are
 parsed, never evaluated, and only the three names the contract defines are accepted. Everything is
-validated before anything is touched.
+validated before anything is touched, by exact checks written out rather than regular
+expressions: ``re`` (with ``enum``) was ~6 ms of a teardown with nothing to undo (issue 11).
 """
 
 from __future__ import annotations
-
-import re
 
 from .errors import BadRequest
 from .record import Record
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
 COMMANDS = ("setup", "teardown")
 VARIABLES = ("vifname", "XENBUS_PATH", "REMUS_IFB")
 IFNAMSIZ = 16  # the kernel's limit, NUL included: names are at most 15 bytes
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]+")
-_XENBUS = re.compile(r"/libxl/(0|[1-9][0-9]{0,4})/remus/netbuf/(0|[1-9][0-9]{0,8})")
+_IFNAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 DOMID_FIRST_RESERVED = 0x7FF0  # xen/include/public/xen.h: domids at or above are not guests
 
 
@@ -54,7 +52,7 @@ def check_ifname(value: str, what: str) -> str:
     """
     if not value:
         raise BadRequest(detail=f"{what} is empty")
-    if not value.isascii() or not _IFNAME.fullmatch(value) or value in (".", ".."):
+    if not _IFNAME_CHARS.issuperset(value) or value in (".", ".."):
         raise BadRequest(
             detail=f"{what} {_show(value)} is not an interface name (letters, digits, '_.-')"
         )
@@ -64,13 +62,32 @@ def check_ifname(value: str, what: str) -> str:
 
 
 def xenbus_ids(path: str) -> tuple[int, int]:
-    """Return (domid, devid) of a ``/libxl/<domid>/remus/netbuf/<devid>`` path, or raise."""
-    match = _XENBUS.fullmatch(path) if path.isascii() else None
-    if match is None or not 0 < int(match.group(1)) < DOMID_FIRST_RESERVED:
-        raise BadRequest(
-            detail=f"XENBUS_PATH {_show(path)} is not /libxl/<domid>/remus/netbuf/<devid>"
-        )
-    return int(match.group(1)), int(match.group(2))
+    """Return (domid, devid) of a ``/libxl/<domid>/remus/netbuf/<devid>`` path, or raise.
+
+    Exactly that path: the domid a guest's (1 to 32751) and the devid at most 9 digits, each
+    a decimal number as libxl writes it (no sign, no space, no leading zero)."""
+    parts = path.split("/")  # "", "libxl", domid, "remus", "netbuf", devid
+    if (
+        len(parts) == 6
+        and parts[:2] == ["", "libxl"]
+        and parts[3:5] == ["remus", "netbuf"]
+        and _decimal(parts[2], 5)
+        and _decimal(parts[5], 9)
+        and 0 < int(parts[2]) < DOMID_FIRST_RESERVED
+    ):
+        return int(parts[2]), int(parts[5])
+    raise BadRequest(detail=f"XENBUS_PATH {_show(path)} is not /libxl/<domid>/remus/netbuf/<devid>")
+
+
+def _decimal(text: str, digits: int) -> bool:
+    """Whether ``text`` is a number of at most ``digits`` ASCII digits without a leading zero
+    (0 itself aside)."""
+    return (
+        text.isascii()
+        and text.isdigit()
+        and len(text) <= digits
+        and (text == "0" or not text.startswith("0"))
+    )
 
 
 def valid_xenbus_path(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
