@@ -16,12 +16,15 @@ fails, or answers out of turn is :class:`Lost`, never a hang: there is no thread
 
 from __future__ import annotations
 
+import _socket  # the C module alone: socket.py adds enum and selectors (~3 ms), nothing we use
 import errno
 import os
-import socket
 import stat
 import struct
-from collections.abc import Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 HEADER = struct.Struct("<IIII")  # struct xsd_sockmsg: type, req_id, tx_id, len
 DIRECTORY, READ, TRANSACTION_START, TRANSACTION_END = 1, 2, 6, 7
@@ -55,7 +58,7 @@ class Connection:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._fd = -1
         self._buffer = bytearray()
         self._next_id = 0
@@ -66,7 +69,7 @@ class Connection:
         if device:
             self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # close-on-exec, as all here
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # close-on-exec, as all here
         try:
             sock.connect(path)
         except OSError:
