@@ -3,29 +3,31 @@
 Setup keeps an undo journal: every change it makes pushes its inverse, and any failure (or kill
 of the Python code by an exception) runs the journal backwards, so a failed setup leaves nothing
 behind. Teardown undoes as much as it can, step by step, and reports what it could not.
-Side effects go through :mod:`.netlink`, :mod:`.xenstore` and :mod:`.lock` only; decisions come
-from :mod:`.decide`.
+Side effects go through :mod:`.netlink`, :mod:`.xenstore` and :mod:`.lock` only (and whether a
+link exists, through :mod:`.ifindex`); decisions come from :mod:`.decide`.
+
+A teardown with nothing to undo asks whether the vif exists, reads the config and one xenstore
+node, and removes two: it imports neither netlink nor the lock, which the runs that use them
+import where they do, nor contextlib and functools, which this module does without (issue 11).
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, contextmanager
-from functools import partial
 
 from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
 from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
-from .lock import pickifb_lock
+from .ifindex import link_exists
 from .log import SECONDARY, log
-from .netlink import Netlink, has_our_plug, link_exists
 from .xenstore import Xenstore, socket_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
     from typing import TypeVar
 
     from .config import Config
+    from .netlink import Netlink
     from .request import Request
 
     T = TypeVar("T")
@@ -43,20 +45,15 @@ class Run:
         self.undo: list[tuple[str, Callable[[], object]]] = []
         self.kill_at = kill_at
 
-    @contextmanager
-    def at(self, step: str) -> Iterator[None]:
-        """Run a step; a NetbufError inside becomes StepFailed naming vif, IFB and step."""
+    def at(self, step: str) -> Step:
+        """Start a step, run in a ``with`` block; a NetbufError inside becomes StepFailed
+        naming vif, IFB and step."""
         self.step = step
         if self.kill_at == step:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            yield
-        except StepFailed:
-            raise
-        except NetbufError as err:
-            raise self.failure(str(err)) from None
+        return Step(self)
 
     def failure(self, detail: str) -> StepFailed:
         return StepFailed(
@@ -83,8 +80,25 @@ class Run:
         return failed
 
 
+class Step:
+    """The ``with`` block of :meth:`Run.at`."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: object, err: object, traceback: object) -> None:
+        if isinstance(err, NetbufError) and not isinstance(err, StepFailed):
+            raise self.run.failure(str(err)) from None
+
+
 def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
     """Install the netbuf for ``request.vif``; returns the IFB it uses."""
+    from .lock import pickifb_lock
+    from .netlink import Netlink
+
     run = Run(request, kill_at=environ.get(KILL_AT_ENV))
     with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
         with run.at("check vif"):
@@ -194,7 +208,7 @@ def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
             log.info("%s: claimed %s (%s/ifb)", run.request.vif, name, path)
         else:  # an earlier claim of this path, not whole: replaced, and restored on failure
             run.undo.append(
-                (f"restore claim {path}/ifb = {old}", partial(xs.write, f"{path}/ifb", old))
+                (f"restore claim {path}/ifb = {old}", lambda: xs.write(f"{path}/ifb", old))
             )
             log.info("%s: claimed %s (%s/ifb, was %s)", run.request.vif, name, path, old)
     if create:
@@ -214,63 +228,95 @@ def teardown(request: Request, config: Callable[[], Config], environ: Mapping[st
     run = Run(request, ifb=request.remus_ifb, kill_at=environ.get(KILL_AT_ENV))
     path = request.xenbus_path
     problems: list[tuple[str, str]] = []
-    with ExitStack() as stack:
-        opened: list[Netlink] = []
-
-        def netlink() -> Netlink:
-            """The run's netlink session, opened when first needed (a no-op run needs none)."""
-            if not opened:
-                with run.at("open netlink"):
-                    opened.append(stack.enter_context(Netlink()))
-            return opened[0]
-
+    with NetlinkWhenNeeded(run) as netlink:
         if link_exists(request.vif):
             nl = netlink()
             with run.at("check vif"):
                 _refuse_ifb_as_vif(nl, request.vif)
             # The vif is this netbuf's alone: no lock needed to stop its redirect.
-            _attempt(run, "remove ingress qdisc", partial(nl.remove_ingress, request.vif), problems)
+            _attempt(run, "remove ingress qdisc", lambda: nl.remove_ingress(request.vif), problems)
         lock_dir = config().lock_dir
-        with run.at("connect to xenstore"):
-            xs = stack.enter_context(Xenstore(socket_path(environ)))
-        with run.at("read claim"):
-            own = xs.read(f"{path}/ifb")
-        run.ifb = request.remus_ifb or own
-        # Without a claim, REMUS_IFB is looked at: the claim may have gone with /libxl/<domid>
-        # (xl destroy, forced failover) before libxl ran us, the IFB still plugged.
-        look = own is None and request.remus_ifb is not None and link_exists(request.remus_ifb)
-        ours = look and _remus_ifb_has_our_plug(run, netlink(), problems)
-        plan = plan_teardown(request.remus_ifb, own, (), remus_ifb_ours=ours)
-        if plan.remove_claim or plan.free_ifb is not None:
-            # Freeing the IFB and dropping the claim happen together under the lock, so that
-            # no setup sees the IFB free while it is still plugged, or claimed while it is free.
-            with run.at("take pickifb lock"), pickifb_lock(lock_dir):
-                with run.at("read claims"):
-                    others = {
-                        c.ifb for c in live_claims(xs.claims(), xs.live_domids()) if c.path != path
-                    }
-                if ours:  # looked at again, now that no setup can change it
-                    ours = _remus_ifb_has_our_plug(run, netlink(), problems)
-                plan = plan_teardown(request.remus_ifb, own, others, remus_ifb_ours=ours)
-                if plan.free_ifb is not None and link_exists(plan.free_ifb):
-                    _attempt(run, "free IFB", partial(netlink().free_ifb, plan.free_ifb), problems)
-                if plan.remove_claim:
-                    _attempt(run, "remove claim", partial(xs.remove, f"{path}/ifb"), problems)
-        log.info("%s: teardown: %s", request.vif, plan.why)
-        for node in ("hotplug-status", "hotplug-error"):
-            _attempt(run, f"remove {node}", partial(xs.remove, f"{path}/{node}"), problems)
+        with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
+            _release_claim(run, netlink, xs, lock_dir, problems)
+            status, error = f"{path}/hotplug-status", f"{path}/hotplug-error"
+            _attempt(run, "remove hotplug-status", lambda: xs.remove(status), problems)
+            _attempt(run, "remove hotplug-error", lambda: xs.remove(error), problems)
     if problems:
         run.step, detail = problems[0]
         more = f" (+{len(problems) - 1} more failed steps)" if len(problems) > 1 else ""
         raise run.failure(detail + more)
 
 
+def _release_claim(
+    run: Run,
+    netlink: NetlinkWhenNeeded,
+    xs: Xenstore,
+    lock_dir: str,
+    problems: list[tuple[str, str]],
+) -> None:
+    """Free the claimed IFB and drop the claim, as :func:`.decide.plan_teardown` decides."""
+    request, path = run.request, run.request.xenbus_path
+    with run.at("read claim"):
+        own = xs.read(f"{path}/ifb")
+    run.ifb = request.remus_ifb or own
+    # Without a claim, REMUS_IFB is looked at: the claim may have gone with /libxl/<domid>
+    # (xl destroy, forced failover) before libxl ran us, the IFB still plugged.
+    look = own is None and request.remus_ifb is not None and link_exists(request.remus_ifb)
+    ours = look and _remus_ifb_has_our_plug(run, netlink(), problems)
+    plan = plan_teardown(request.remus_ifb, own, (), remus_ifb_ours=ours)
+    if plan.remove_claim or plan.free_ifb is not None:
+        from .lock import pickifb_lock
+
+        # Freeing the IFB and dropping the claim happen together under the lock, so that
+        # no setup sees the IFB free while it is still plugged, or claimed while it is free.
+        with run.at("take pickifb lock"), pickifb_lock(lock_dir):
+            with run.at("read claims"):
+                claims = live_claims(xs.claims(), xs.live_domids())
+                others = {c.ifb for c in claims if c.path != path}
+            if ours:  # looked at again, now that no setup can change it
+                ours = _remus_ifb_has_our_plug(run, netlink(), problems)
+            plan = plan_teardown(request.remus_ifb, own, others, remus_ifb_ours=ours)
+            free = plan.free_ifb
+            if free is not None and link_exists(free):
+                nl = netlink()  # failing to open it fails the teardown here: the claim stays
+                _attempt(run, "free IFB", lambda: nl.free_ifb(free), problems)
+            if plan.remove_claim:
+                _attempt(run, "remove claim", lambda: xs.remove(f"{path}/ifb"), problems)
+    log.info("%s: teardown: %s", request.vif, plan.why)
+
+
+class NetlinkWhenNeeded:
+    """A teardown's netlink session, opened (and netlink imported) when first needed: a run
+    with nothing to undo needs neither. Closed at the end of the ``with`` block."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.session: Netlink | None = None
+
+    def __enter__(self) -> NetlinkWhenNeeded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def __call__(self) -> Netlink:
+        if self.session is None:
+            from .netlink import Netlink
+
+            with self.run.at("open netlink"):
+                self.session = Netlink()
+        return self.session
+
+
 def _remus_ifb_has_our_plug(run: Run, nl: Netlink, problems: list[tuple[str, str]]) -> bool:
     """Whether REMUS_IFB is an IFB whose root qdisc is a netbuf's plug (see netlink); a
     failure to look is a problem reported, and the IFB left alone."""
+    from .netlink import has_our_plug
+
     ifb = run.request.remus_ifb
     assert ifb is not None
-    return has_our_plug(_attempt(run, "look at REMUS_IFB", partial(nl.ifb, ifb), problems))
+    return has_our_plug(_attempt(run, "look at REMUS_IFB", lambda: nl.ifb(ifb), problems))
 
 
 def _attempt(

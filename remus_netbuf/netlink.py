@@ -1,10 +1,12 @@
 """All netlink: every kernel query and change of the netbuf goes through this module.
 
-Nothing else talks to the kernel. Every verb works in the namespace the session was opened for,
-and logs, at INFO, the ``ip``/``tc`` command that does the same by hand, prefixed with the device
-it touches, so an admin can read the log and replay it. Kernel errors are translated here into
-:class:`KernelError` (or :class:`KernelLacks` when a module is missing); data crossing the
-boundary is small records (record.py), never netlink messages.
+Nothing else talks to the kernel, but :mod:`.ifindex`: whether a link exists, an ioctl, is all a
+teardown with nothing to undo asks, and it does not import this module for it. Every verb works
+in the namespace the session was opened for, and logs, at INFO, the ``ip``/``tc`` command that
+does the same by hand, prefixed with the device it touches, so an admin can read the log and
+replay it. Kernel errors are translated here into :class:`KernelError` (or :class:`KernelLacks`
+when a module is missing); data crossing the boundary is small records (record.py), never
+netlink messages.
 
 The messages themselves are :mod:`.rtnl`'s, byte for byte what the logged command sends; this
 module decodes the answers. (It used pyroute2 until start-up mattered: importing it took longer
@@ -148,15 +150,6 @@ class Survey(Record):
         self.ifbs = ifbs
         self.stats = stats
         self.filters = filters
-
-
-def link_exists(name: str) -> bool:
-    """Cheap existence check in the caller's namespace (an ioctl, no netlink socket)."""
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
 
 
 def has_our_plug(ifb: Ifb | None) -> bool:

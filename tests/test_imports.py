@@ -100,6 +100,18 @@ def test_teardown_with_nothing_to_undo_takes_no_lock(bed: Bed) -> None:
     assert denied(found, deny) == []
 
 
+def test_teardown_with_nothing_to_undo_loads_only_what_it_uses(bed: Bed) -> None:
+    """No vif, no claim, no REMUS_IFB: whether the vif exists is one ioctl (ifindex.py), and
+    the rest three xenstore requests. So neither netlink nor the lock is imported, nor socket
+    (xswire and ifindex use the C _socket: socket adds enum and selectors), nor contextlib,
+    functools and collections (type-only imports are under TYPE_CHECKING)."""
+    found = imports(bed, "teardown", vifname=VIF, XENBUS_PATH=PATH)
+    assert {"remus_netbuf.ifindex", "remus_netbuf.xswire", "remus_netbuf.config"} <= set(found)
+    product = ("remus_netbuf.netlink", "remus_netbuf.rtnl", "remus_netbuf.lock")
+    stdlib = ("socket", "selectors", "enum", "contextlib", "functools", "collections")
+    assert denied(found, (*product, *stdlib)) == []
+
+
 def test_version_and_help_load_nothing_of_the_product(bed: Bed) -> None:
     for flag in ("--version", "--help"):
         found = imports(bed, flag)
