@@ -23,9 +23,9 @@ and one read per device, as libxl does in C for one device.
 
 from __future__ import annotations
 
+import _socket  # the C module alone: socket.py adds enum and selectors, nothing used here
 import errno
 import os
-import socket
 import struct
 from contextlib import contextmanager
 
@@ -201,7 +201,7 @@ class Netlink:
         own namespace (the product's case), a link dump in another (tests)."""
         if self.netns is None:
             with self._request("list link names"):
-                return {name for _, name in socket.if_nameindex()}
+                return {name for _, name in _socket.if_nameindex()}
         return {link.name for link in self.links()}
 
     def ifb(self, name: str) -> Ifb | None:
@@ -426,7 +426,7 @@ class Netlink:
         """The device's index: an ioctl in our own namespace, a link request in another."""
         if self.netns is None:
             try:
-                return socket.if_nametoindex(name)
+                return _socket.if_nametoindex(name)
             except OSError:
                 return None
         link = self.link(name)
@@ -494,7 +494,7 @@ def _kind(msg: Message) -> str | None:
     return rtnl.text(rtnl.attrs(msg.body, rtnl.TCMSG.size).get(rtnl.TCA_KIND))
 
 
-_PROTOCOL_NAMES = {socket.htons(v): k for k, v in ETH_P.items()}
+_PROTOCOL_NAMES = {_socket.htons(v): k for k, v in ETH_P.items()}
 
 
 def _is_key(msg: Message) -> bool:

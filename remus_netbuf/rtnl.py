@@ -13,10 +13,10 @@ namespace or in a named one (``ip netns``), which is then never created.
 
 from __future__ import annotations
 
+import _socket  # the C module alone: socket.py adds enum and selectors, nothing used here
 import errno
 import os
 import select
-import socket
 import struct
 
 from .record import Record
@@ -130,7 +130,7 @@ class Socket:
                     f"{missing} of {len(wanted)} answers missing after {ANSWER_TIMEOUT:g} s",
                 )
             data, _, flags, _ = self._sock.recvmsg(RECV_SIZE)
-            if flags & socket.MSG_TRUNC:
+            if flags & _socket.MSG_TRUNC:
                 raise RtnlError(errno.EMSGSIZE, "an answer did not fit the receive buffer")
             for seq, answer in acks_of(data).items():
                 if seq in wanted:
@@ -151,7 +151,7 @@ class Socket:
             if not poller.poll(ANSWER_TIMEOUT * 1000):
                 raise RtnlError(errno.ETIMEDOUT, f"no answer in {ANSWER_TIMEOUT:g} s")
             data, _, flags, _ = self._sock.recvmsg(RECV_SIZE)
-            if flags & socket.MSG_TRUNC:
+            if flags & _socket.MSG_TRUNC:
                 raise RtnlError(errno.EMSGSIZE, "an answer did not fit the receive buffer")
             for kind, msg_flags, got, body in messages(data):
                 if got != seq:
@@ -165,9 +165,9 @@ class Socket:
                 answers.append(Message(kind, body))
 
 
-def _open(netns: str | None) -> socket.socket:
+def _open(netns: str | None) -> _socket.socket:
     if netns is None:
-        return _socket()
+        return _netlink_socket()
     _check_name(netns)
     target = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -175,7 +175,7 @@ def _open(netns: str | None) -> socket.socket:
         try:
             _setns(target)
             try:
-                return _socket()  # a netlink socket stays in the namespace it was made in
+                return _netlink_socket()  # a netlink socket stays in the namespace it was made in
             finally:
                 _setns(own)
         finally:
@@ -184,8 +184,8 @@ def _open(netns: str | None) -> socket.socket:
         os.close(target)
 
 
-def _socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+def _netlink_socket() -> _socket.socket:
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, 0)
     try:
         sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # the kernel's words with an error
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # and not our whole request back
@@ -349,7 +349,7 @@ def add_u32_redirect(index: int, protocol: int, pref: int, target: int) -> Reque
     action += nla(TCA_ACT_OPTIONS | NLA_F_NESTED, nla(TCA_MIRRED_PARMS, parms))
     selector = U32_SEL.pack(TC_U32_TERMINAL, 0, 1, 0, 0, 0, 0, 0) + U32_KEY.pack(0, 0, 0, 0)
     options = nla(TCA_U32_ACT, nla(1, action)) + nla(TCA_U32_SEL, selector)
-    info = pref << 16 | socket.htons(protocol)
+    info = pref << 16 | _socket.htons(protocol)
     body = TCMSG.pack(0, index, 0, INGRESS_HANDLE, info)
     body += nla(TCA_KIND, b"u32\0") + nla(TCA_OPTIONS, options)
     return RTM_NEWTFILTER, NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE, body
@@ -358,7 +358,7 @@ def add_u32_redirect(index: int, protocol: int, pref: int, target: int) -> Reque
 def delete_filter(index: int, parent: int, pref: int, protocol: int) -> Request:
     """``tc filter del dev DEV parent PARENT protocol P pref N``: every filter of that
     pref/protocol group (tcm_info carries both; no kind, so any kind)."""
-    info = pref << 16 | socket.htons(protocol)
+    info = pref << 16 | _socket.htons(protocol)
     return RTM_DELTFILTER, NLM_F_ACK, TCMSG.pack(0, index, 0, parent, info)
 
 

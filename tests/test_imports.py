@@ -38,8 +38,9 @@ DENY = (
     "json",
 )
 # Nor, on any hotplug path: re (with enum, ~6 ms: pip's console-script wrapper imported it, and
-# the request was validated with it) and typing (the NamedTuples the records were).
-HOTPLUG_DENY = (*DENY, "re", "typing")
+# the request was validated with it), typing (the NamedTuples the records were), and socket
+# (with enum and selectors: the C _socket has all we use).
+HOTPLUG_DENY = (*DENY, "re", "typing", "socket", "selectors", "enum")
 _LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$")
 
 
@@ -102,14 +103,13 @@ def test_teardown_with_nothing_to_undo_takes_no_lock(bed: Bed) -> None:
 
 def test_teardown_with_nothing_to_undo_loads_only_what_it_uses(bed: Bed) -> None:
     """No vif, no claim, no REMUS_IFB: whether the vif exists is one ioctl (ifindex.py), and
-    the rest three xenstore requests. So neither netlink nor the lock is imported, nor socket
-    (xswire and ifindex use the C _socket: socket adds enum and selectors), nor contextlib,
-    functools and collections (type-only imports are under TYPE_CHECKING)."""
+    the rest three xenstore requests. So neither netlink nor the lock is imported, nor
+    contextlib, functools and collections (type-only imports are under TYPE_CHECKING)."""
     found = imports(bed, "teardown", vifname=VIF, XENBUS_PATH=PATH)
     assert {"remus_netbuf.ifindex", "remus_netbuf.xswire", "remus_netbuf.config"} <= set(found)
     product = ("remus_netbuf.netlink", "remus_netbuf.rtnl", "remus_netbuf.lock")
-    stdlib = ("socket", "selectors", "enum", "contextlib", "functools", "collections")
-    assert denied(found, (*product, *stdlib)) == []
+    stdlib = ("contextlib", "functools", "collections")
+    assert denied(found, (*HOTPLUG_DENY, *product, *stdlib)) == []
 
 
 def test_version_and_help_load_nothing_of_the_product(bed: Bed) -> None:
