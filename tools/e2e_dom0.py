@@ -257,6 +257,7 @@ class Remus:
     def __init__(self, guest: Guest, script: Path) -> None:
         self.guest = guest
         argv = ["xl", "-vvv", "remus", "-F", "-b", "-i", str(CHECKPOINT_MS), "-N", str(script)]
+        self.setups_before = len(setup_ms(guest.vif))  # our runs on this vif so far
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [*argv, guest.name, "dummyhost"],
@@ -554,7 +555,10 @@ class Dom0:
         status = remus.wait_connected()
         took = round(time.monotonic() - remus.started, 1)
         sc.figures[f"{guest.name}: xl remus to hotplug-status connected (s)"] = took
-        sc.figures[f"{guest.name}: our setup inside libxl (ms)"] = setup_ms(guest.vif)
+        # the timing wrapper logs our setup when it exits, just after it wrote "connected"
+        wait_for(lambda: len(setup_ms(guest.vif)) > remus.setups_before, 10)
+        ours = setup_ms(guest.vif)[remus.setups_before :]
+        sc.figures[f"{guest.name}: our setup inside libxl (ms)"] = ours
         if not sc.check(
             f"libxl's setup of our script for {guest.vif} succeeds", status == "connected", status
         ):
