@@ -22,7 +22,8 @@ finish() {
 }
 mark dom0
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /tmp stays the overlay's (writable: its top layer is a tmpfs): a tmpfs over it would hide a
+# checkout under /tmp, this script's own repo and the kernel modules linked from its cache
 mkdir -p /run/xen /run/lock /var/log/xen /var/lib/xen
 mount -t tmpfs tmpfs /var/log/xen
 mount -t tmpfs tmpfs /var/lib/xen
