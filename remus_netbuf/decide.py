@@ -19,21 +19,24 @@ NETBUF_ROOT = "/libxl"
 class Ifb(Record):
     """An IFB device as the kernel shows it."""
 
-    __slots__ = ("name", "root_qdisc", "up", "added_root", "root_handle")
+    __slots__ = ("name", "root_qdisc", "up", "root_handle")
 
     def __init__(
         self,
         name: str,
         root_qdisc: str | None,  # kind of the root qdisc (pfifo_fast once up); None: none listed
         up: bool = False,
-        added_root: bool = False,  # the root qdisc has a handle: added, not the kernel's own
-        root_handle: int = 0,  # that handle (our plug's is netlink.PLUG_HANDLE, 5245:); 0: none
+        root_handle: int = 0,  # the root qdisc's (our plug's: netlink.PLUG_HANDLE, 5245:); 0: none
     ) -> None:
         self.name = name
         self.root_qdisc = root_qdisc
         self.up = up
-        self.added_root = added_root
         self.root_handle = root_handle
+
+    @property
+    def added_root(self) -> bool:
+        """Whether the root qdisc was added (it has a handle), not the kernel's own."""
+        return self.root_handle != 0
 
 
 class Claim(Record):

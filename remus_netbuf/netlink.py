@@ -213,8 +213,7 @@ class Netlink:
         root = self._qdisc(link.ifindex, TC_H_ROOT, name)
         if root is None:
             return Ifb(name, None, link.up)
-        handle = _tcmsg(root)[1]
-        return Ifb(name, _kind(root), link.up, added_root=handle != 0, root_handle=handle)
+        return Ifb(name, _kind(root), link.up, root_handle=_tcmsg(root)[1])
 
     def root_qdisc(self, name: str) -> str | None:
         """Kind of the root qdisc on ``name``; None if the device is gone or has the kernel's
@@ -269,7 +268,6 @@ class Netlink:
                 link.name,
                 _kind(roots[i]) if i in roots else None,
                 link.up,
-                added_root=i in roots and _tcmsg(roots[i])[1] != 0,
                 root_handle=_tcmsg(roots[i])[1] if i in roots else 0,
             )
             for i, link in links.items()

@@ -287,7 +287,7 @@ def test_a_redirect_that_is_not_a_netbufs_leftover_is_no_anomaly() -> None:
     """An admin's shaping: from a device that is no vif, or into an IFB with a root of its
     own. Only a vif's redirect into a plugged or bare IFB is a netbuf's leftover."""
     world = World().plug("ifb0").ifb("ifb1", "tbf", up=True)
-    world.ifbs["ifb1"] = Ifb("ifb1", "tbf", True, added_root=True)
+    world.ifbs["ifb1"] = Ifb("ifb1", "tbf", True, root_handle=0x10000)
     world.ifb("ifb-shape", "tbf").redirect("eth1", "ifb0").redirect("eth2", "ifb-shape")
     world.redirect("vif3.1", "ifb1")  # a live guest's vif without netbuf, shaped through ifb1
     found = anomalies(world.snapshot())

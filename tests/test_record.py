@@ -30,7 +30,7 @@ def test_hash_follows_equality() -> None:
 def test_repr_names_every_field_in_order() -> None:
     assert repr(Claim(3, 0, "ifb0")) == "Claim(domid=3, devid=0, ifb='ifb0')"
     assert repr(Ifb("ifb1", "plug", True)) == (
-        "Ifb(name='ifb1', root_qdisc='plug', up=True, added_root=False, root_handle=0)"
+        "Ifb(name='ifb1', root_qdisc='plug', up=True, root_handle=0)"
     )
 
 

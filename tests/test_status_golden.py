@@ -118,7 +118,7 @@ def every_anomaly() -> Snapshot:
             Ifb("ifb5", None),
             Ifb("ifb6", "pfifo_fast", True),
             Ifb("ifb10", "plug"),  # unclaimed-plug
-            Ifb("ifb11", "tbf", True, added_root=True),  # an admin's shaping: no anomaly
+            Ifb("ifb11", "tbf", True, root_handle=0x10000),  # an admin's shaping: no anomaly
         ],
         plugs={
             "ifb0": Plugged(0, 0, 0),
