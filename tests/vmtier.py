@@ -397,8 +397,11 @@ def _new_record(nodeid: str) -> dict[str, Any]:
 def _longrepr(report: pytest.TestReport) -> str:
     if report.skipped and isinstance(report.longrepr, tuple):
         return str(report.longrepr[2]).removeprefix("Skipped: ")
-    if not hasattr(report.longrepr, "toterminal"):
+    longrepr = report.longrepr
+    if longrepr is None or isinstance(longrepr, (str, tuple)):
         return report.longreprtext
+    if isinstance(longrepr, pytest.ExceptionInfo):
+        longrepr = longrepr.getrepr()
     out = io.StringIO()  # not longreprtext: it strips the first line's indent
-    report.longrepr.toterminal(TerminalWriter(file=out))
+    longrepr.toterminal(TerminalWriter(file=out))
     return out.getvalue().rstrip("\n")

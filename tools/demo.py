@@ -47,7 +47,7 @@ class Step(NamedTuple):
     """One step of the epochs: what happens, and what dom0 and the plug must show after it."""
 
     name: str
-    action: Callable[[], None]
+    action: Callable[[], object]
     sends: str  # what the guest sends, for the table
     receives: dict[str, int]  # what dom0 must receive, by family:label
     arp: bool | None = None  # whether dom0 must have seen the guest's ARP (None: no matter)

@@ -307,7 +307,7 @@ def boot(
     while proc.poll() is None:
         if time.monotonic() > deadline:
             timed_out = True
-            vm.kill(proc)  # type: ignore[arg-type]
+            vm.kill(proc)
             break
         time.sleep(1)
         seen = _echo(console, seen, say)

@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 WORK = Path("/e2e")
 RUN = Path("/run/e2e")
@@ -53,7 +55,7 @@ class Scenario:
     checks: list[dict[str, object]] = field(default_factory=list)
     figures: dict[str, object] = field(default_factory=dict)
 
-    def check(self, what: str, ok: bool, detail: object = "") -> bool:
+    def check(self, what: str, ok: object, detail: object = "") -> bool:
         self.checks.append({"what": what, "ok": bool(ok), "detail": str(detail)})
         say(f"{self.name}: {'ok' if ok else 'FAIL'} {what}" + (f": {detail}" if detail else ""))
         return bool(ok)
@@ -114,6 +116,7 @@ def sh(
 
 
 LAST_XS_ERROR: list[str] = [""]
+T = TypeVar("T")
 
 
 def xs_read(path: str) -> str | None:
@@ -124,7 +127,7 @@ def xs_read(path: str) -> str | None:
     return done.stdout.strip()
 
 
-def wait_for(condition: Callable[[], object], timeout: float, step: float = 0.25) -> object:
+def wait_for(condition: Callable[[], T], timeout: float, step: float = 0.25) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -475,7 +478,7 @@ class Dom0:
                     continue
                 assert self.receiver is not None
                 start = time.monotonic()
-                got = wait_for(lambda g=guest: self.receiver.last_from(g.addr), 180, 0.5)
+                got = wait_for(partial(self.receiver.last_from, guest.addr), 180, 0.5)
                 sc.check(f"{guest.name}'s UDP stream reaches dom0 over {guest.vif}", got)
                 sc.figures[f"{guest.name}: first datagram after (s)"] = round(
                     time.monotonic() - start, 1
@@ -521,7 +524,7 @@ class Dom0:
                 for thread in threads:
                     thread.join()
         with self.scenario("failover") as sc:
-            ifbs = {g.name: xs_read(f"{g.netbuf}/ifb") for g in self.guests}
+            freed = {g.name: xs_read(f"{g.netbuf}/ifb") for g in self.guests}
             before = len(hotplug_log())
             for guest in self.guests:
                 sh("xl", "destroy", guest.name)
@@ -548,7 +551,7 @@ class Dom0:
                 )
             links = sh("ip", "-o", "link").stdout
             sc.check("the vifs went with their domains", not re.search(r"vif[12]\.0", links))
-            sc.figures["IFBs freed"] = ifbs
+            sc.figures["IFBs freed"] = freed
 
     def started_ok(self, sc: Scenario, guest: Guest, remus: Remus) -> bool:
         """libxl ran our setup for the guest's vif, and the netbuf is where libxl reads it."""
@@ -590,6 +593,7 @@ class Dom0:
             )
             try:
                 remus = Remus(g1, TIMED)
+                rc: int | None
                 try:
                     rc = remus.proc.wait(SETUP_DEADLINE)
                 except subprocess.TimeoutExpired:

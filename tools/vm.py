@@ -360,9 +360,9 @@ def run(
     keep = options.keep or workdir is not None
     workdir = workdir or make_workdir(options.workdir_parent)
     out = sys.stdout.fileno() if stdout is None else stdout
-    err = sys.stderr.fileno() if stderr is None else stderr
+    errfd = sys.stderr.fileno() if stderr is None else stderr
     job_env = dict(env or {})
-    write_job(workdir, argv, cwd or Path.cwd(), job_env, tarball, reference, merged=out == err)
+    write_job(workdir, argv, cwd or Path.cwd(), job_env, tarball, reference, merged=out == errfd)
     overlays = [REPO, *visible]
     command = vng_command(vng, kernel, mode, options.mem, workdir, overlays)
     say(f"booting Debian's {kernel.version} in QEMU ({mode}) ...")
@@ -370,7 +370,7 @@ def run(
     sys.stderr.flush()
     start = time.monotonic()
     try:
-        timed_out = _boot(command, workdir, options.timeout, out, err, started)
+        timed_out = _boot(command, workdir, options.timeout, out, errfd, started)
     except BaseException:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
