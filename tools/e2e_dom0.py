@@ -206,6 +206,27 @@ class Guest:
     def netbuf(self) -> str:
         return f"/libxl/{self.domid}/remus/netbuf/0"
 
+    def restarted(self) -> str:
+        """If xl restarted the guest (it reboots one that triple-faults) under a new domid:
+        what changed, and ``domid`` follows it, so that no check looks at a vif or a
+        XENBUS_PATH that went with the old domain. '' when the guest is as it was."""
+        if self.domid < 0:
+            return ""
+        found = sh("xl", "domid", self.name).stdout.strip()
+        if not found.isdigit():  # destroyed (a crashed guest stays: on_crash = "preserve")
+            self.domid = -1
+            return ""
+        now = int(found)
+        if now == self.domid:
+            return ""
+        faults = [
+            line
+            for line in sh("xl", "dmesg").stdout.splitlines()
+            if f"d{self.domid}v" in line and ("shutdown" in line or "crash" in line)
+        ]
+        was, self.domid = self.domid, now
+        return f"domid {was} -> {now}" + (f" ({faults[-1].strip()})" if faults else "")
+
 
 def memcheck(seconds: float) -> tuple[int, int]:
     """tools/e2e_memcheck.py on each of dom0's vCPUs: the 2 MB copies made, and how many came
@@ -434,6 +455,11 @@ class Dom0:
         sc = Scenario(name)
         self.results.scenarios[name] = sc
         say(f"scenario {name}")
+        for guest in self.guests:
+            restarted = guest.restarted()
+            if restarted:
+                sc.figures[f"{guest.name} restarted by xl before this scenario"] = restarted
+                say(f"{guest.name} restarted by xl before this scenario: {restarted}")
         start = time.monotonic()
         try:
             yield sc
@@ -550,7 +576,8 @@ class Dom0:
                     f"{guest.name}'s claim is gone", node is None, f"{guest.netbuf}/ifb={node}"
                 )
             links = sh("ip", "-o", "link").stdout
-            sc.check("the vifs went with their domains", not re.search(r"vif[12]\.0", links))
+            vifs = [g.vif for g in self.guests if re.search(rf"\b{re.escape(g.vif)}\b", links)]
+            sc.check("the vifs went with their domains", not vifs, vifs)
             sc.figures["IFBs freed"] = freed
 
     def started_ok(self, sc: Scenario, guest: Guest, remus: Remus) -> bool:
