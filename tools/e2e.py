@@ -252,9 +252,11 @@ def accel(say: Callable[[str], None]) -> str:
 
 def qemu_command(parts: Parts, workdir: Path, mode: str) -> list[str]:
     """Xen as the multiboot kernel; dom0's kernel and initramfs as its modules."""
-    tcg_cpu = os.environ.get("REMUS_NETBUF_E2E_CPU") or TCG_CPU  # another model, to compare
-    cpu = ["-accel", "kvm", "-cpu", "host"] if mode == "kvm" else ["-accel", "tcg", "-cpu", tcg_cpu]
-    vcpus = 2 if mode == "kvm" else TCG_VCPUS
+    if mode == "kvm":
+        cpu, vcpus = ["-accel", "kvm", "-cpu", "host"], 2
+    else:
+        tcg_cpu = os.environ.get("REMUS_NETBUF_E2E_CPU") or TCG_CPU  # another model, to compare
+        cpu, vcpus = ["-accel", "tcg", "-cpu", tcg_cpu], TCG_VCPUS
     argv = ["qemu-system-x86_64", *cpu, "-machine", "pc", "-smp", str(vcpus), "-m", str(MEMORY_MB)]
     argv += ["-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults"]
     argv += ["-serial", f"file:{workdir / 'console.log'}"]
