@@ -35,15 +35,16 @@ bench: deps
 bench-native: deps
 	$(PY) bench/bench.py --native-only
 
-# On a dom0, as root (README: Install): a venv in VENV, links in SBINDIR, XENDIR/xl.conf pointed
-# at our script. WHEELS=DIR installs offline from wheels made elsewhere (pip wheel -w DIR '.[metrics]').
+# On a dom0, as root (README: Install): a venv in VENV, links in SBINDIR, man pages in MANDIR,
+# XENDIR/xl.conf pointed at our script. WHEELS=DIR installs offline from wheels made elsewhere (pip wheel -w DIR '.[metrics]').
 # Never on a development host: the tests run these in the kernel tier's VM. The system python3,
 # whatever PATH says: the hotplug script must not depend on a pyenv or conda in someone's home.
 INSTALL_PYTHON = /usr/bin/python3
 VENV = /opt/remus-netbuf
 SBINDIR = /usr/local/sbin
 XENDIR = /etc/xen
-INSTALL_ARGS = --prefix $(VENV) --sbindir $(SBINDIR) --xendir $(XENDIR) $(if $(WHEELS),--wheels $(WHEELS))
+MANDIR = /usr/local/share/man
+INSTALL_ARGS = --prefix $(VENV) --sbindir $(SBINDIR) --xendir $(XENDIR) --mandir $(MANDIR) $(if $(WHEELS),--wheels $(WHEELS))
 
 install:
 	$(INSTALL_PYTHON) tools/install.py install $(INSTALL_ARGS)

@@ -1,14 +1,18 @@
 """``make install`` / ``make uninstall`` (tools/install.py) on a scratch tree, without pip.
 
-Everything install does outside its venv (links, config, the xl.conf edit, its record) and all
-of uninstall, with PREFIX, SBINDIR and XENDIR under a temporary directory and a stand-in venv.
+Everything install does outside its venv (links, man pages, config, the xl.conf edit, its
+record) and all of uninstall, with PREFIX, SBINDIR, XENDIR and MANDIR under a temporary directory
+and a stand-in venv.
 The real thing, pip and the real paths included, is tests/test_install_vm.py in the VM.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -41,11 +45,20 @@ def tree(root: Path) -> dict[str, str]:
     return found
 
 
+def scratch_paths(root: Path) -> Paths:
+    return Paths(
+        root / "opt/remus-netbuf",
+        root / "usr/local/sbin",
+        root / "etc/xen",
+        root / "usr/local/share/man",
+    )
+
+
 @pytest.fixture
 def paths(tmp_path: Path) -> Paths:
     """A dom0 in miniature: Xen's xl.conf and script; our venv, as pip would leave it."""
     root = tmp_path / "root"
-    found = Paths(root / "opt/remus-netbuf", root / "usr/local/sbin", root / "etc/xen")
+    found = scratch_paths(root)
     (found.xendir / "scripts").mkdir(parents=True)
     found.xl_conf.write_text(XL_CONF)
     (found.xendir / "scripts" / "remus-netbuf-setup").write_text(XEN_SCRIPT)
@@ -75,13 +88,23 @@ def test_round_trip_leaves_the_tree_as_it_was(paths: Paths) -> None:
     assert netbufscript(paths.xl_conf.read_text()) == str(paths.sbindir / "remus-netbuf-setup")
     assert paths.backup.read_text() == XL_CONF
     assert (paths.xendir / "scripts" / "remus-netbuf-setup").read_text() == XEN_SCRIPT
+    record = install.read_record(paths)
+    assert record is not None
+    for page in install.MAN_PAGES:
+        installed_page = paths.man_page(page)
+        assert installed_page.read_bytes() == (install.MAN_SOURCES / page).read_bytes()
+        assert installed_page.stat().st_mode & 0o777 == 0o644
+        assert record.man_pages[str(installed_page)] == install.sha256(installed_page)
+    assert paths.man_page("remus-netbuf.8") == paths.mandir / "man8" / "remus-netbuf.8"
+    assert paths.man_page("remus-netbuf.conf.5") == paths.mandir / "man5" / "remus-netbuf.conf.5"
     installed = tree(root)
 
     install.place(paths, install.read_record(paths) or Record())  # make install again
     assert tree(root) == installed  # idempotent: not a byte changed
 
     install.uninstall(paths)
-    assert tree(root) == before
+    assert tree(root) == before  # the pages and man8, man5, share/man that install made: gone
+    assert not paths.mandir.exists()
 
 
 def test_install_refuses_to_replace_what_is_not_ours(paths: Paths) -> None:
@@ -90,6 +113,52 @@ def test_install_refuses_to_replace_what_is_not_ours(paths: Paths) -> None:
     with pytest.raises(Refused, match="remus-netbuf exists and is not ours"):
         install.install(paths, None)
     assert tree(paths.prefix.parents[1]) == before
+
+
+def test_install_refuses_to_replace_a_man_page_that_is_not_ours(paths: Paths) -> None:
+    page = paths.man_page("remus-netbuf.8")
+    page.parent.mkdir(parents=True)
+    page.write_text(".TH SOMEONE-ELSES 8\n")
+    before = tree(paths.prefix.parents[1])
+    with pytest.raises(Refused, match="remus-netbuf.8 exists and is not ours.*MANDIR"):
+        install.install(paths, None)
+    assert tree(paths.prefix.parents[1]) == before
+
+
+def test_a_newer_checkout_replaces_the_pages_an_earlier_install_left(paths: Paths) -> None:
+    install.place(paths, fake_venv(paths))
+    page = paths.man_page("remus-netbuf.8")
+    page.write_text(".TH REMUS-NETBUF 8 old\n")  # as an older checkout's install left it
+    record = install.read_record(paths)
+    assert record is not None
+    record.man_pages[str(page)] = install.sha256(page)
+    install.write_record(paths, record)
+    install.refuse_foreign(paths, record)  # ours: no refusal
+    install.place(paths, record)
+    assert page.read_bytes() == (install.MAN_SOURCES / "remus-netbuf.8").read_bytes()
+    install.uninstall(paths)
+    assert not page.exists()
+
+
+def test_a_man_page_the_admin_changed_survives(paths: Paths) -> None:
+    install.place(paths, fake_venv(paths))
+    page = paths.man_page("remus-netbuf-setup.8")
+    changed = page.read_text() + '.\\" local note\n'
+    page.write_text(changed)
+    install.place(paths, install.read_record(paths) or Record())  # make install again
+    assert page.read_text() == changed
+    install.uninstall(paths)
+    assert page.read_text() == changed  # kept, and so is its directory
+    assert not paths.man_page("remus-netbuf.8").exists()
+
+
+def test_a_record_from_before_man_pages_gains_them(paths: Paths) -> None:
+    old = {k: v for k, v in asdict(fake_venv(paths)).items() if k != "man_pages"}
+    paths.record.write_text(json.dumps(old))  # as an install from before man pages wrote it
+    install.place(paths, install.read_record(paths) or Record())
+    assert paths.man_page("remus-netbuf.conf.5").exists()
+    install.uninstall(paths)
+    assert not paths.man_page("remus-netbuf.conf.5").exists()
 
 
 def test_install_refuses_a_prefix_it_did_not_make(paths: Paths) -> None:
@@ -129,7 +198,7 @@ def test_uninstall_keeps_an_xl_conf_line_the_admin_changed(paths: Paths) -> None
 
 def test_without_xen_dir_install_creates_it_and_uninstall_removes_it(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    paths = Paths(root / "opt/remus-netbuf", root / "usr/local/sbin", root / "etc/xen")
+    paths = scratch_paths(root)
     install.place(paths, fake_venv(paths))
     assert paths.xl_conf.read_text().endswith(f'{KEY}="{paths.script}"\n')
     assert not paths.backup.exists()  # nothing to back up
@@ -142,3 +211,10 @@ def test_install_refuses_an_xl_conf_line_it_cannot_replace_alone(paths: Paths) -
     with pytest.raises(Refused, match="set remus.default.netbufscript by hand"):
         install.point_xl(paths, Record())
     assert paths.xl_conf.read_text() == f'{KEY}="/a"; autoballoon="off"\n'
+
+
+def test_make_passes_mandir_to_install_and_uninstall() -> None:
+    argv = ["make", "-n", "-C", str(install.REPO), "install", "uninstall", "MANDIR=/srv/man"]
+    commands = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    lines = [line for line in commands.splitlines() if "tools/install.py" in line]
+    assert len(lines) == 2 and all("--mandir /srv/man " in line for line in lines), commands

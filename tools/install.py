@@ -1,22 +1,25 @@
 """``make install`` / ``make uninstall``: remus-netbuf on a Debian dom0.
 
     python3 tools/install.py install|uninstall [--prefix DIR] [--sbindir DIR] [--xendir DIR]
-                                               [--wheels DIR]
+                                               [--mandir DIR] [--wheels DIR]
 
 install: a venv at PREFIX (/opt/remus-netbuf) with the package and its metrics extra (from PyPI,
 or offline from the wheels in DIR); ``remus-netbuf`` and ``remus-netbuf-setup`` linked into
-SBINDIR (/usr/local/sbin); XENDIR/remus-netbuf.conf (/etc/xen) installed only if absent; xl
+SBINDIR (/usr/local/sbin); the man pages of man/ copied into MANDIR/man8 and MANDIR/man5
+(/usr/local/share/man); XENDIR/remus-netbuf.conf (/etc/xen) installed only if absent; xl
 pointed at our script by ``remus.default.netbufscript`` in XENDIR/xl.conf. Xen's own
 XENDIR/scripts/remus-netbuf-setup, which a package may own, is never touched: xl.conf routes
-around it. No existing file is replaced: a link path holding something else, or a PREFIX that
-install did not make, stops it before anything changes. The xl.conf edit is one marked line
-(remus_netbuf.xlconf), idempotent, with the file first copied to xl.conf.remus-netbuf.orig; on
-Debian xl.conf is a conffile of xen-utils-common, which dpkg keeps as the admin's change.
+around it. No existing file is replaced: a link or man page path holding something else, or a
+PREFIX that install did not make, stops it before anything changes. The xl.conf edit is one
+marked line (remus_netbuf.xlconf), idempotent, with the file first copied to
+xl.conf.remus-netbuf.orig; on Debian xl.conf is a conffile of xen-utils-common, which dpkg keeps
+as the admin's change.
 
 uninstall removes only what install added, per the record install keeps in PREFIX
 (remus-netbuf-install.json) and the mark in xl.conf: it puts the xl.conf line back (a line the
-admin has changed since is kept), removes the config only if it is as installed, the links only
-if they point into PREFIX, then PREFIX, and the directories install created if they are empty.
+admin has changed since is kept), removes the config and each man page only if it is as
+installed, the links only if they point into PREFIX, then PREFIX, and the directories install
+created if they are empty.
 
 Standard library only: it runs with the system python3 before the venv exists. It must run as
 root, and only on the dom0 it installs on: never run it on a development host (the tests run it
@@ -45,6 +48,8 @@ PROGRAMS = ("remus-netbuf", "remus-netbuf-setup")
 RECORD = "remus-netbuf-install.json"
 BACKUP = ".remus-netbuf.orig"  # xl.conf.remus-netbuf.orig
 SHIPPED_CONF = REPO / "etc" / "xen" / "remus-netbuf.conf"
+MAN_SOURCES = REPO / "man"
+MAN_PAGES = ("remus-netbuf-setup.8", "remus-netbuf.8", "remus-netbuf.conf.5")  # name.SECTION
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Record:
     created_dirs: list[str] = field(default_factory=list)
     conf_sha256: str | None = None  # the config as install put it, if install put it
     xl_conf_created: bool = False
+    man_pages: dict[str, str] = field(default_factory=dict)  # path -> sha256 as installed
 
 
 class Refused(Exception):
@@ -65,6 +71,7 @@ class Paths:
     prefix: Path  # the venv
     sbindir: Path
     xendir: Path
+    mandir: Path  # the man pages go into its man8 and man5
 
     @property
     def record(self) -> Path:
@@ -92,6 +99,10 @@ class Paths:
 
     def target(self, program: str) -> Path:
         return self.prefix / "bin" / program
+
+    def man_page(self, page: str) -> Path:
+        """Where ``page`` (``name.SECTION``) is installed: MANDIR/manSECTION/page."""
+        return self.mandir / f"man{page.rsplit('.', 1)[1]}" / page
 
 
 def say(message: str) -> None:
@@ -124,6 +135,10 @@ def refuse_foreign(paths: Paths, record: Record | None) -> None:
         link = paths.link(program)
         if os.path.lexists(link) and not ours(paths, program):
             raise Refused(f"{link} exists and is not ours: remove it, or pick another SBINDIR")
+    for page in MAN_PAGES:
+        installed = paths.man_page(page)
+        if os.path.lexists(installed) and str(installed) not in (record or Record()).man_pages:
+            raise Refused(f"{installed} exists and is not ours: remove it, or pick another MANDIR")
 
 
 def pip_install(paths: Paths, wheels: Path | None, again: bool) -> None:
@@ -153,8 +168,10 @@ def ensure_venv_module() -> None:
 
 
 def place(paths: Paths, rec: Record) -> None:
-    """Everything outside the venv: links, config, xl.conf; then the record of what was done."""
-    for directory in (paths.sbindir, paths.xendir):
+    """Everything outside the venv: links, man pages, config, xl.conf; then the record of what
+    was done."""
+    man_dirs = dict.fromkeys(paths.man_page(page).parent for page in MAN_PAGES)
+    for directory in (paths.sbindir, paths.xendir, *man_dirs):
         for missing in missing_dirs(directory):
             Path(missing).mkdir(mode=0o755)
             rec.created_dirs.append(missing)
@@ -162,6 +179,8 @@ def place(paths: Paths, rec: Record) -> None:
         if not ours(paths, program):
             paths.link(program).symlink_to(paths.target(program))
             say(f"linked {paths.link(program)} -> {paths.target(program)}")
+    for page in MAN_PAGES:
+        place_man_page(paths, rec, page)
     if not os.path.lexists(paths.conf):
         shutil.copyfile(SHIPPED_CONF, paths.conf)
         paths.conf.chmod(0o644)
@@ -172,6 +191,23 @@ def place(paths: Paths, rec: Record) -> None:
     point_xl(paths, rec)
     write_record(paths, rec)
     say(f"done: run remus-netbuf check (xl remus now runs {paths.script})")
+
+
+def place_man_page(paths: Paths, rec: Record, page: str) -> None:
+    """Install ``page``, or replace the one an earlier install left as it left it (a newer
+    checkout's); one changed since, or not ours, is kept."""
+    source, installed = MAN_SOURCES / page, paths.man_page(page)
+    if os.path.lexists(installed):
+        as_left = rec.man_pages.get(str(installed))
+        foreign = as_left is None or installed.is_symlink() or not installed.is_file()
+        if foreign or sha256(installed) != as_left:
+            say(f"kept {installed}: not as make install left it")
+            return
+        if installed.read_bytes() == source.read_bytes():
+            return
+    write_atomic(installed, source.read_text())
+    rec.man_pages[str(installed)] = sha256(installed)
+    say(f"installed {installed}")
 
 
 def point_xl(paths: Paths, rec: Record) -> None:
@@ -207,6 +243,8 @@ def uninstall(paths: Paths) -> None:
             say(f"removed {paths.conf}")
         else:
             say(f"kept {paths.conf}: changed since make install")
+    for page, as_left in (rec.man_pages if rec is not None else {}).items():
+        remove_if_unchanged(Path(page), as_left)
     for program in PROGRAMS:
         if ours(paths, program):
             paths.link(program).unlink()
@@ -219,6 +257,17 @@ def uninstall(paths: Paths) -> None:
                 Path(directory).rmdir()
             except OSError:
                 pass  # not empty: something else lives there now
+
+
+def remove_if_unchanged(path: Path, as_left: str) -> None:
+    """Remove ``path`` if it is still the file install left (its sha256 ``as_left``)."""
+    if not path.is_file() or path.is_symlink():
+        return
+    if sha256(path) == as_left:
+        path.unlink()
+        say(f"removed {path}")
+    else:
+        say(f"kept {path}: changed since make install")
 
 
 def restore_xl(paths: Paths, rec: Record) -> None:
@@ -296,12 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", type=Path, default=Path("/opt/remus-netbuf"))
     parser.add_argument("--sbindir", type=Path, default=Path("/usr/local/sbin"))
     parser.add_argument("--xendir", type=Path, default=Path("/etc/xen"))
+    parser.add_argument("--mandir", type=Path, default=Path("/usr/local/share/man"))
     parser.add_argument("--wheels", type=Path, help="install offline from the wheels in DIR")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         say(f"make {args.action} must run as root")
         return 1
-    paths = Paths(args.prefix, args.sbindir, args.xendir)
+    paths = Paths(args.prefix, args.sbindir, args.xendir, args.mandir)
     try:
         if args.action == "install":
             install(paths, args.wheels)
