@@ -137,6 +137,18 @@ def test_passes_mandoc_lint(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MAN_PAGES)
+def test_whatis_entry_is_what_mandb_reads(name: str) -> None:
+    """lintian's bad-whatis-entry: man-db's lexgrog must find "name - summary" in NAME."""
+    lexgrog = shutil.which("lexgrog")
+    if lexgrog is None:
+        pytest.skip("lexgrog (man-db) is not installed")
+    done = subprocess.run([lexgrog, str(MAN_SOURCES / name)], capture_output=True, text=True)
+    stem = name.rpartition(".")[0]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f'{MAN_SOURCES / name}: "{stem} - '), done.stdout
+
+
+@pytest.mark.parametrize("name", MAN_PAGES)
 def test_title_names_page_section_and_version(name: str) -> None:
     page = Page(name)
     (th,) = [ln for ln in page.lines if ln.startswith(".TH ")]
