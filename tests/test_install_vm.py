@@ -8,9 +8,9 @@ machine's real paths. The VM has no network, so the wheels are built on the host
 install changed in a file another package owns (only the xl.conf line) and of uninstall putting
 it back.
 
-The round trip: install; the shipped check passes; a real setup, and its teardown, through the
-script xl.conf names, run as libxl runs it, with the installed config; the systemd unit's own
-metrics command; uninstall; every path as it was before.
+The round trip: install; the man pages where man finds them; the shipped check passes; a real
+setup, and its teardown, through the script xl.conf names, run as libxl runs it, with the
+installed config; the systemd unit's own metrics command; uninstall; every path as it was before.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.elfstub import NETBUF, write_stub
 from tests.test_metrics import netbuf, parse
 from tests.vmtier import scaled
 from tools import vm
+from tools.install import MAN_PAGES
 
 pytestmark = pytest.mark.vm(weight=100)
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +40,7 @@ XEN_SCRIPT = Path("/etc/xen/scripts/remus-netbuf-setup")
 STANDIN = "xen-utils-common-standin"
 VIF, PATH5 = "vif5.0", netbuf_path(5)
 OURS = "/usr/local/sbin/remus-netbuf-setup"
+MANDIR = Path("/usr/local/share/man")  # make install's default MANDIR
 
 
 @pytest.fixture
@@ -90,9 +93,9 @@ def xen_package(tmp_path: Path) -> str:
 
 
 def snapshot() -> dict[str, str]:
-    """What install may touch: /etc/xen, /usr/local/sbin, and the entries of /opt."""
+    """What install may touch: /etc/xen, /usr/local/sbin, MANDIR, and the entries of /opt."""
     found = {}
-    for top in (Path("/etc/xen"), Path("/usr/local/sbin")):
+    for top in (Path("/etc/xen"), Path("/usr/local/sbin"), MANDIR):
         for path in sorted([top, *top.rglob("*")]) if top.exists() else []:
             info = path.lstat()
             if path.is_symlink():
@@ -121,6 +124,13 @@ def xl_runs() -> str:
     return found[-1] if found else "/etc/xen/scripts/remus-netbuf-setup"
 
 
+def man_finds(page: str) -> str | None:
+    """Where man-db's ``man -w`` finds ``page`` (``name.SECTION``), resolved; None if nowhere."""
+    name, _, section = page.rpartition(".")
+    done = subprocess.run(["man", "-w", section, name], capture_output=True, text=True)
+    return os.path.realpath(done.stdout.strip()) if done.returncode == 0 else None
+
+
 def test_make_install_check_setup_uninstall_round_trip(
     offline_wheels: Path, bed: Bed, tmp_path: Path
 ) -> None:
@@ -143,6 +153,13 @@ def test_make_install_check_setup_uninstall_round_trip(
         Path("/etc/xen/remus-netbuf.conf").read_bytes()
         == (REPO / "etc/xen/remus-netbuf.conf").read_bytes()
     )
+    has_man = shutil.which("man") is not None  # man-db: the judge of where the pages went
+    for page in MAN_PAGES:
+        installed = MANDIR / f"man{page.rpartition('.')[2]}" / page
+        assert installed.read_bytes() == (REPO / "man" / page).read_bytes(), page
+        assert installed.stat().st_mode & 0o777 == 0o644, page
+        if has_man:
+            assert man_finds(page) == str(installed), page
 
     bed.add_vif(VIF)
     bed.domain(5)
@@ -178,5 +195,9 @@ def test_make_install_check_setup_uninstall_round_trip(
 
     run(["make", "uninstall"], 300)
     assert snapshot() == before
+    for page in MAN_PAGES:
+        assert not (MANDIR / f"man{page.rpartition('.')[2]}" / page).exists(), page
+        if has_man:
+            assert man_finds(page) is None, page
     assert verify(package) == verified
     assert xl_runs() == str(XEN_SCRIPT)
