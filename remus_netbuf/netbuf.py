@@ -132,6 +132,8 @@ def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
 def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str, was_up: bool) -> None:
     """Plug the claimed IFB, redirect the vif into it, publish: each step with its undo."""
     vif = run.request.vif
+    with run.at("silence IFB"):
+        _silence(run, nl, ifb, was_up)
     with run.at("bring IFB up"):
         nl.set_up(ifb, True)
         if not was_up:
@@ -148,6 +150,29 @@ def _install(run: Run, config: Config, xs: Xenstore, nl: Netlink, ifb: str, was_
     with run.at("add redirect filter"):
         nl.add_redirect(vif, ifb, config.protocols)
     _publish(run, xs)
+
+
+def _silence(run: Run, nl: Netlink, ifb: str, was_up: bool) -> None:
+    """Make ``ifb`` send nothing of its own: once up, an IFB with IPv6 makes a link-local
+    address, and its DAD, router solicitations and MLD reports go out through its root qdisc,
+    into the plug, counted with the guest's packets. With addrgenmode none it makes no address,
+    so it sends none of them. An IFB that is up already has made its address: it goes down
+    first (which drops it), and comes up again in the next step."""
+    link = nl.link(ifb)
+    old = None if link is None else link.addr_gen_mode
+    if old is None or old == "none":
+        return  # no IPv6 on it, so nothing to send; or silent already
+    if was_up:
+        nl.set_up(ifb, False)
+        run.undo.append((f"bring {ifb} down and up again", lambda: _bounce(nl, ifb)))
+    nl.set_addr_gen_mode(ifb, "none")
+    run.undo.append((f"set {ifb} addrgenmode {old} again", lambda: nl.set_addr_gen_mode(ifb, old)))
+
+
+def _bounce(nl: Netlink, ifb: str) -> None:
+    """Down and up again: an IFB that was up gets its IPv6 address back, as it had it."""
+    nl.set_up(ifb, False)
+    nl.set_up(ifb, True)
 
 
 def _publish(run: Run, xs: Xenstore) -> None:

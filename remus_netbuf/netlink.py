@@ -65,13 +65,18 @@ _LACKS_MIRRED = ("act_mirred", "CONFIG_NET_ACT_MIRRED")
 
 
 class Link(Record):
-    __slots__ = ("ifindex", "name", "kind", "up")
+    __slots__ = ("ifindex", "name", "kind", "up", "addr_gen_mode")
 
-    def __init__(self, ifindex: int, name: str, kind: str | None, up: bool) -> None:
+    def __init__(
+        self, ifindex: int, name: str, kind: str | None, up: bool, addr_gen_mode: str | None = None
+    ) -> None:
         self.ifindex = ifindex  # the kernel's ifi_index
         self.name = name
         self.kind = kind
         self.up = up
+        # ip link's word for how IPv6 makes the device's link-local address (eui64, none, ...);
+        # None: the kernel has no IPv6 for it
+        self.addr_gen_mode = addr_gen_mode
 
 
 class QdiscStats(Record):
@@ -309,6 +314,14 @@ class Netlink:
         self._say(name, f"{self._ip} link set dev {name} {state}")
         self._ask(f"set {name} {state}", rtnl.set_up(self._index(name), up))
 
+    def set_addr_gen_mode(self, name: str, mode: str) -> None:
+        """How IPv6 makes ``name``'s link-local address when it comes up: one of
+        rtnl.ADDR_GEN_MODES. ``none`` makes none, so the device sends nothing of its own (no
+        DAD, router solicitation or MLD report); it does not remove an address already made."""
+        self._say(name, f"{self._ip} link set dev {name} addrgenmode {mode}")
+        request = rtnl.set_addr_gen_mode(self._index(name), rtnl.ADDR_GEN_MODES[mode])
+        self._ask(f"set {name} addrgenmode {mode}", request)
+
     def add_plug(self, ifb: str, limit: int) -> None:
         """A root plug with our own handle: the kernel then refuses it over any root qdisc but
         its own default ("NLM_F_REPLACE needed to override"), where without a handle it would
@@ -477,9 +490,21 @@ def _link(msg: Message) -> Link:
     found = rtnl.attrs(msg.body, rtnl.IFINFOMSG.size)
     info = found.get(rtnl.IFLA_LINKINFO)
     kind = rtnl.text(rtnl.attrs(info).get(rtnl.IFLA_INFO_KIND)) if info is not None else None
-    return Link(
-        index, rtnl.text(found.get(rtnl.IFLA_IFNAME)) or "", kind, bool(flags & rtnl.IFF_UP)
-    )
+    name = rtnl.text(found.get(rtnl.IFLA_IFNAME)) or ""
+    return Link(index, name, kind, bool(flags & rtnl.IFF_UP), _addr_gen_mode(found))
+
+
+def _addr_gen_mode(found: dict[int, bytes]) -> str | None:
+    """IFLA_AF_SPEC / AF_INET6 / IFLA_INET6_ADDR_GEN_MODE, as ip link's word (a number it has
+    no word for, as the number)."""
+    inet6 = rtnl.attrs(found.get(rtnl.IFLA_AF_SPEC, b"")).get(rtnl.AF_INET6)
+    mode = rtnl.attrs(inet6 or b"").get(rtnl.IFLA_INET6_ADDR_GEN_MODE, b"")
+    if not mode:
+        return None
+    return _ADDR_GEN_WORDS.get(mode[0], str(mode[0]))
+
+
+_ADDR_GEN_WORDS = {number: word for word, number in rtnl.ADDR_GEN_MODES.items()}
 
 
 def _tcmsg(msg: Message) -> tuple[int, int, int]:

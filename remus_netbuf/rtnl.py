@@ -39,6 +39,9 @@ SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
 IFLA_IFNAME, IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_INFO_KIND = 3, 18, 29, 1
 RTEXT_FILTER_VF, RTEXT_FILTER_SKIP_STATS = 1, 8
 IFF_UP = 1
+IFLA_AF_SPEC, AF_INET6, IFLA_INET6_ADDR_GEN_MODE = 26, 10, 8
+# enum in6_addr_gen_mode, as ip link names them (addrgenmode WORD)
+ADDR_GEN_MODES = {"eui64": 0, "none": 1, "stable_secret": 2, "random": 3}
 TCA_KIND, TCA_OPTIONS = 1, 2
 TCA_U32_SEL, TCA_U32_ACT, TC_U32_TERMINAL = 5, 7, 1
 TCA_ACT_KIND, TCA_ACT_OPTIONS, TCA_MIRRED_PARMS = 1, 2, 2
@@ -295,6 +298,14 @@ def add_ifb(name: str) -> Request:
 def set_up(index: int, up: bool) -> Request:
     """``ip link set dev DEV up|down``"""
     return RTM_NEWLINK, NLM_F_ACK, IFINFOMSG.pack(0, 0, index, IFF_UP if up else 0, IFF_UP)
+
+
+def set_addr_gen_mode(index: int, mode: int) -> Request:
+    """``ip link set dev DEV addrgenmode MODE``: how IPv6 makes the link-local address when the
+    device comes up (``none``: it makes none, so the device sends no DAD, RS or MLD)."""
+    mode_attr = nla(IFLA_INET6_ADDR_GEN_MODE, struct.pack("=B", mode))
+    body = IFINFOMSG.pack(0, 0, index, 0, 0) + nla(IFLA_AF_SPEC, nla(AF_INET6, mode_attr))
+    return RTM_NEWLINK, NLM_F_ACK, body
 
 
 def delete_link(index: int) -> Request:

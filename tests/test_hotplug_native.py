@@ -7,6 +7,7 @@ the plug (a successful setup, busy-by-plug IFBs, packets) runs in the kernel tie
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -100,6 +101,48 @@ def test_log_lines_are_replayable_commands(noplug: Bed) -> None:
     assert "ifb0: ip link set dev ifb0 up" in result.stderr
     assert "ifb0: tc qdisc add dev ifb0 root handle 5245: plug limit 10000000" in result.stderr
     assert "rollback: bring ifb0 down" in result.stderr
+
+
+def ipv6_addresses(bed: Bed, dev: str) -> list[str]:
+    shown = json.loads(bed.ip("-6", "-j", "addr", "show", "dev", dev) or "[]")
+    return [a["local"] for link in shown for a in link.get("addr_info", [])]
+
+
+def test_ifb_is_silenced_before_it_comes_up_and_rollback_restores_its_mode(noplug: Bed) -> None:
+    """An IFB that comes up with IPv6 sends its own DAD, RS and MLD into the plug: setup sets
+    addrgenmode none first (the replayable line, before "up"); a failed setup sets it back."""
+    bed = noplug
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0")
+    bed.domain(5)
+    result = bed.hotplug("setup", VIF, PATH5)
+    assert_one_line_failure(result, "ifb0", "add plug qdisc")
+    silence = result.stderr.index("ifb0: ip link set dev ifb0 addrgenmode none")
+    assert silence < result.stderr.index("ifb0: ip link set dev ifb0 up")
+    assert "rollback: set ifb0 addrgenmode eui64 again" in result.stderr
+    assert bed.links()["ifb0"]["inet6_addr_gen_mode"] == "eui64"
+    bed.assert_clean(VIF, "ifb0", PATH5)
+
+
+def test_an_up_ifb_goes_down_to_drop_its_address_and_rollback_brings_it_back(noplug: Bed) -> None:
+    """An IFB picked while up has made its link-local address already, which addrgenmode none
+    does not remove: it goes down first. A failed setup gives it back up, address and all."""
+    bed = noplug
+    bed.add_vif(VIF)
+    bed.add_ifb("ifb0", up=True)
+    bed.domain(5)
+    assert ipv6_addresses(bed, "ifb0")
+    result = bed.hotplug("setup", VIF, PATH5)
+    assert_one_line_failure(result, "ifb0", "add plug qdisc")
+    down = result.stderr.index("ifb0: ip link set dev ifb0 down")
+    assert down < result.stderr.index("ifb0: ip link set dev ifb0 addrgenmode none")
+    assert "rollback: bring ifb0 down and up again" in result.stderr
+    link = bed.links()["ifb0"]
+    assert link["inet6_addr_gen_mode"] == "eui64"
+    assert "UP" in link["flags"]
+    assert [a for a in ipv6_addresses(bed, "ifb0") if a.startswith("fe80:")]
+    assert bed.root_qdisc("ifb0") != "plug"
+    assert bed.node(f"{PATH5}/ifb") is None
 
 
 # --- choosing the IFB -----------------------------------------------------------------------

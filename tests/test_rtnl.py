@@ -82,6 +82,17 @@ IPROUTE2 = {
         rtnl.set_up(IFB1, False),
         "2000000010000500000000000000000000000000070000000000000001000000",
     ),
+    # captured with ifb0 as index 2 (a fresh namespace): the index below is IFB0's
+    "ip link set dev ifb0 addrgenmode none": (
+        rtnl.set_addr_gen_mode(IFB0, 1),
+        "300000001000050000000000000000000000000004000000000000000000000010001a00"
+        "0c000a000500080001000000",
+    ),
+    "ip link set dev ifb0 addrgenmode eui64": (
+        rtnl.set_addr_gen_mode(IFB0, 0),
+        "300000001000050000000000000000000000000004000000000000000000000010001a00"
+        "0c000a000500080000000000",
+    ),
     "ip link del ifb1": (
         rtnl.delete_link(IFB1),
         "2000000011000500000000000000000000000000070000000000000000000000",
