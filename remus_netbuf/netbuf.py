@@ -13,6 +13,7 @@ import where they do, nor contextlib and functools, which this module does witho
 
 from __future__ import annotations
 
+import errno
 import os
 
 from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
@@ -207,28 +208,38 @@ def _whole_netbuf(run: Run, xs: Xenstore, nl: Netlink) -> str | None:
 def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
     """Pick a free IFB (creating one if allowed) and claim it; called under the lock.
 
-    Returns whether the IFB was up already (a new one is down)."""
+    Returns whether the IFB was up already (a new one is down). Creating ``ifbN`` can load the
+    ifb module, which makes its own ``numifbs`` IFBs (the kernel's default is 2; systemd ships
+    0) before our request meets the name it just made: EEXIST. Then the pick is made again,
+    once, from the links as they are now, where the module's own IFBs are free.
+    """
+    name, create, was_up = _pick(run, config, xs, nl, again=False)
+    if create and not _create(run, nl, name, exists_ok=True):
+        log.info(
+            "%s: %s exists now (the ifb module, loaded by that request, makes its own): "
+            "picking again",
+            run.request.vif,
+            name,
+        )
+        name, create, was_up = _pick(run, config, xs, nl, again=True)
+        if create:
+            _create(run, nl, name, exists_ok=False)
+    return was_up
+
+
+def _pick(
+    run: Run, config: Config, xs: Xenstore, nl: Netlink, again: bool
+) -> tuple[str, bool, bool]:
+    """Pick an IFB and write the claim, in one transaction: (IFB, whether it must be created,
+    whether it was up). The first pick's claim is undone on failure; a second pick's replaces
+    it, and the same undo serves."""
     path = run.request.xenbus_path
     with run.at("pick IFB"):
-        names = nl.link_names()
-
-        def choose_and_claim(tx: Xenstore) -> tuple[str, bool, bool, str | None]:
-            old = tx.read(f"{path}/ifb")
-            claims = tx.claims()
-            live = tx.live_domids()
-            choice = pick_ifb(names, claims, live, path, nl.ifb)
-            name, create = choice.ifb, False
-            if name is None:
-                if not config.ifb_autocreate:
-                    raise NoFreeIfb(detail=f"{choice.reason}; ifb_autocreate is off")
-                taken = names | {c.ifb for c in live_claims(claims, live)}
-                name, create = next_ifb_name(taken), True
-            tx.write(f"{path}/ifb", name)
-            return name, create, choice.up, old
-
-        name, create, was_up, old = xs.transaction(choose_and_claim)
+        name, create, was_up, old = xs.transaction(_chooser(run, config, nl))
         run.ifb = name
-        if old is None:
+        if again:
+            log.info("%s: claimed %s (%s/ifb) instead", run.request.vif, name, path)
+        elif old is None:
             run.undo.append((f"remove claim {path}/ifb", lambda: xs.remove(f"{path}/ifb")))
             log.info("%s: claimed %s (%s/ifb)", run.request.vif, name, path)
         else:  # an earlier claim of this path, not whole: replaced, and restored on failure
@@ -236,11 +247,45 @@ def _claim_ifb(run: Run, config: Config, xs: Xenstore, nl: Netlink) -> bool:
                 (f"restore claim {path}/ifb = {old}", lambda: xs.write(f"{path}/ifb", old))
             )
             log.info("%s: claimed %s (%s/ifb, was %s)", run.request.vif, name, path, old)
-    if create:
-        with run.at("create IFB"):
+    return name, create, was_up
+
+
+def _create(run: Run, nl: Netlink, name: str, exists_ok: bool) -> bool:
+    """Create the IFB ``name``; False if the kernel says it exists and ``exists_ok``."""
+    with run.at("create IFB"):
+        try:
             nl.create_ifb(name)
-            run.undo.append((f"delete {name}", lambda: nl.delete_link(name)))
-    return was_up
+        except KernelError as err:
+            if exists_ok and err.fields.get("code") == errno.EEXIST:
+                return False
+            raise
+        run.undo.append((f"delete {name}", lambda: nl.delete_link(name)))
+    return True
+
+
+def _chooser(
+    run: Run, config: Config, nl: Netlink
+) -> Callable[[Xenstore], tuple[str, bool, bool, str | None]]:
+    """The transaction body that picks an IFB and writes the claim: (IFB, whether it must be
+    created, whether it was up, the claim it replaced)."""
+    path = run.request.xenbus_path
+    names = nl.link_names()
+
+    def choose_and_claim(tx: Xenstore) -> tuple[str, bool, bool, str | None]:
+        old = tx.read(f"{path}/ifb")
+        claims = tx.claims()
+        live = tx.live_domids()
+        choice = pick_ifb(names, claims, live, path, nl.ifb)
+        name, create = choice.ifb, False
+        if name is None:
+            if not config.ifb_autocreate:
+                raise NoFreeIfb(detail=f"{choice.reason}; ifb_autocreate is off")
+            taken = names | {c.ifb for c in live_claims(claims, live)}
+            name, create = next_ifb_name(taken), True
+        tx.write(f"{path}/ifb", name)
+        return name, create, choice.up, old
+
+    return choose_and_claim
 
 
 def teardown(request: Request, config: Callable[[], Config], environ: Mapping[str, str]) -> None:

@@ -52,7 +52,9 @@ class Result:
 class Bed:
     """One namespace plus one stand-in xenstored; every test gets its own."""
 
-    def __init__(self, tmp: Path, xs: XenstoredStandin, xs_socket: str) -> None:
+    def __init__(
+        self, tmp: Path, xs: XenstoredStandin, xs_socket: str, initial: bool = False
+    ) -> None:
         self.tmp = tmp
         self.xs_socket = xs_socket
         self.ns = "rnb-" + uuid.uuid4().hex[:10]
@@ -60,7 +62,10 @@ class Bed:
         self.conf = tmp / "remus-netbuf.conf"
         self.lock_dir = tmp / "lock"
         self.configure()
-        sh("ip", "netns", "add", self.ns)
+        if initial:  # a name for the initial namespace (a dom0's), where modules make devices
+            sh("ip", "netns", "attach", self.ns, "1")
+        else:
+            sh("ip", "netns", "add", self.ns)
         self.ip("link", "set", "lo", "up")
 
     def close(self) -> None:
@@ -212,12 +217,13 @@ class Bed:
         assert self.node(f"{xenbus_path}/ifb") is None
 
 
-def make_bed(tmp: Path) -> Iterator[Bed]:
-    """A Bed for one test (a generator, for a pytest fixture)."""
+def make_bed(tmp: Path, initial: bool = False) -> Iterator[Bed]:
+    """A Bed for one test (a generator, for a pytest fixture); ``initial``: in the initial
+    network namespace, not a private one (only in the kernel tier's throwaway VM)."""
     sockdir = tempfile.mkdtemp(prefix="rnb-", dir="/tmp")  # AF_UNIX paths must stay short
     socket_path = os.path.join(sockdir, "xenstored.sock")
     xs = XenstoredStandin(socket_path).start()
-    bed = Bed(tmp, xs, socket_path)
+    bed = Bed(tmp, xs, socket_path, initial)
     try:
         yield bed
     finally:
