@@ -19,16 +19,53 @@ if TYPE_CHECKING:
     from tests.forkrun import Runner
 
 
+XEN_CACHE = "xen_cache"  # the fixture of tests that read the real-Xen tier's cache
+_xen_cache_problem: list[str] = []  # why the session hook could not fill it
+
+
 @pytest.hookimpl(tryfirst=True)  # before the kernel tier boots its VMs, which have no network
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the wheels a selected test installs offline in the VM (tests/wheels.py)."""
+    """Fetch and build what selected tests need, as the kernel tier fetches its kernel: the
+    wheels a test installs offline in the VM (tests/wheels.py), and the real-Xen tier's cache
+    of Debian's Xen with libxenlight rebuilt (tools/xenpkg.py: about a minute cold, a look
+    when warm)."""
     from tests import wheels
     from tools import vm
 
     if os.environ.get(vm.IN_VM) == "1" or session.config.option.collectonly:
         return
-    if any(wheels.FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
+    fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if wheels.FIXTURE in fixtures:
         wheels.build()
+    if XEN_CACHE in fixtures:
+        _fill_xen_cache(session.config)
+
+
+def _fill_xen_cache(config: pytest.Config) -> None:
+    from tools import xenpkg
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"xenpkg: {line}")
+
+    try:
+        xenpkg.ensure(xenpkg.CACHE, say)
+    except Exception as err:  # reported by each test that needed it, as its failure
+        _xen_cache_problem.append(f"{type(err).__name__}: {err}")
+
+
+@pytest.fixture
+def xen_cache() -> Path:
+    """The real-Xen tier's cache (tools/xenpkg.py), filled by the session hook; a test that
+    needs it fails, with the reason, when it could not be filled."""
+    from tools import xenpkg
+
+    if not (xenpkg.CACHE / "versions.json").exists():
+        why = "; ".join(_xen_cache_problem) or "the session hook did not run"
+        pytest.fail(f"no real-Xen tier cache in {xenpkg.CACHE}: {why}", pytrace=False)
+    return xenpkg.CACHE
 
 
 @pytest.fixture(autouse=True)
