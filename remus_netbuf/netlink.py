@@ -252,7 +252,8 @@ class Netlink:
         found = []
         for msg in self._ask(f"list filters of {name}", request):
             info = rtnl.TCMSG.unpack_from(msg.body)[4]
-            proto = _PROTOCOL_NAMES.get(info & 0xFFFF, hex(info & 0xFFFF))
+            number = _socket.ntohs(info & 0xFFFF)
+            proto = _PROTOCOL_WORDS.get(number, f"0x{number:04x}")
             pref = info >> 16
             targets = list(_mirred_targets(msg))
             if not targets and _is_key(msg):
@@ -351,7 +352,7 @@ class Netlink:
         self._say(
             vif, f"{self._tc} filter del dev {vif} parent ffff: protocol {protocol} pref {pref}"
         )
-        request = rtnl.delete_filter(index, INGRESS_PARENT, pref, ETH_P[protocol])
+        request = rtnl.delete_filter(index, INGRESS_PARENT, pref, _protocol_number(protocol))
         self._ask(f"remove the redirect filter of {vif}", request)
         if not self._filters(index, vif, {index: vif}):
             self.remove_ingress(vif)
@@ -517,7 +518,13 @@ def _kind(msg: Message) -> str | None:
     return rtnl.text(rtnl.attrs(msg.body, rtnl.TCMSG.size).get(rtnl.TCA_KIND))
 
 
-_PROTOCOL_NAMES = {_socket.htons(v): k for k, v in ETH_P.items()}
+_PROTOCOL_WORDS = {number: word for word, number in ETH_P.items()}
+
+
+def _protocol_number(word: str) -> int:
+    """The ethertype of a protocol as :meth:`Netlink._filters` names it: a word of ours, or a
+    number in hex (``0x8100``), which tc takes too."""
+    return ETH_P[word] if word in ETH_P else int(word, 16)
 
 
 def _is_key(msg: Message) -> bool:

@@ -107,6 +107,24 @@ def test_protocols_ip_redirects_ipv4_only(ns: str, nl: Netlink) -> None:
     assert [r.protocol for r in nl.redirects("vif3.1")] == ["ip"]
 
 
+def test_a_redirect_of_another_protocol_is_named_by_its_number_and_removed_by_it(
+    ns: str, nl: Netlink
+) -> None:
+    """A key someone added for a protocol we have no word for (802.1Q) is named by its
+    ethertype in hex, as tc takes it, and removed by that name (status' repair does so)."""
+    nl.create_ifb("ifb0")
+    nl.add_ingress("vif3.1")
+    run(
+        "tc", "-n", ns, "filter", "add", "dev", "vif3.1", "parent", "ffff:", "protocol", "802.1Q",
+        "pref", "20", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect",
+        "dev", "ifb0",
+    )  # fmt: skip
+    assert [(r.protocol, r.pref, r.ifb) for r in nl.redirects("vif3.1")] == [("0x8100", 20, "ifb0")]
+    nl.remove_redirect("vif3.1", 20, "0x8100")
+    assert run("tc", "-n", ns, "filter", "show", "dev", "vif3.1", "ingress") == ""
+    assert not any(q["kind"] == "ingress" for q in tc_json(ns, "qdisc", "show", "dev", "vif3.1"))
+
+
 def test_missing_devices_are_named(nl: Netlink) -> None:
     assert nl.link("nope0") is None
     with pytest.raises(KernelError, match="device nope0 not found"):

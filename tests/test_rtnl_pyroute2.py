@@ -677,12 +677,6 @@ def test_plug_stats_parse_as_pyroute2_parses_them(ns: str, taps: list[Tap]) -> N
 
 @pytest.mark.kernel
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the last line's: the set-up and pyroute2's reading pytest.fail
-    reason="netlink._filters names a protocol it has no word for by tcm_info's low 16 bits as"
-    " they are, in network byte order: 802.1Q (0x8100) as '0x81', 0x88b5 as '0xb588'",
-)
 def test_a_key_of_another_protocol_is_named_by_its_number(ns: str, taps: list[Tap]) -> None:
     """tc shows such a key as ``protocol 802.1Q``; pyroute2 reads 0x8100 from the same bytes."""
     ip, tc = ("ip", "-n", ns), ("tc", "-n", ns)
