@@ -1,13 +1,11 @@
 """The epoch guard and PlugGroup proven with packets, on a kernel with sch_plug.
 
 The netbufs are set up by ``remus-netbuf-setup`` as libxl runs it, and every packet a plug
-counts is a datagram the test sent, so that ``tc``'s counts can be checked exactly too. Two
-sources of IPv6 that come when they please are kept out: the guests' (router solicitations,
-MLD reports), by ``protocols=ip``, and the IFBs' own, by creating the IFBs without IPv6: an IFB
-that is up sends its own router solicitations out through its root qdisc, into the plug. (Such
-packets do not break output commit -- each is counted in the epoch it is queued in -- but they
-would make the counts here inexact.) The verdicts come from the datagrams dom0 receives,
-counted by label, and from ``tc -s qdisc`` as an independent observer.
+counts is a datagram the test sent, so that ``tc``'s counts can be checked exactly too. The
+guests' own IPv6 (router solicitations, MLD reports), which comes when it pleases, is kept out by
+``protocols=ip``; the IFBs send nothing of their own, as setup makes them (addrgenmode none:
+tests/test_vm_silent_ifb.py). The verdicts come from the datagrams dom0 receives, counted by
+label, and from ``tc -s qdisc`` as an independent observer.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import pytest
 
 from remus_netbuf.errors import EpochOutstanding
 from remus_netbuf.plug import Plug, PlugGroup
-from tests.bed import Bed, netbuf_path, sh
+from tests.bed import Bed, netbuf_path
 from tests.packets import Wire
 
 pytestmark = pytest.mark.vm(weight=30)
@@ -31,11 +29,10 @@ PATHS = (netbuf_path(5, 0), netbuf_path(5, 1))
 
 @pytest.fixture
 def wires(bed: Bed) -> Iterator[list[Wire]]:
-    """Domain 5 with two vifs, each a guest on its own subnet; IFBs made later lack IPv6."""
+    """Domain 5 with two vifs, each a guest on its own subnet."""
     bed.configure(protocols="ip")
     bed.domain(5)
     made = [Wire(bed.ns, vif, bed.add_vif(vif), subnet=77 + n) for n, vif in enumerate(VIFS)]
-    sh("ip", "netns", "exec", bed.ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
     yield made
     for wire in made:
         wire.close()
