@@ -36,7 +36,7 @@ pytestmark = pytest.mark.vm
 VIFS = 16
 ROUNDS = 20  # 16 setups at once, then 16 teardowns at once
 GC_ROUNDS = 1  # the same with gc runs among them
-CRASH_BATCHES = 4  # one setup killed at every step: 11 kills, 10 with a free IFB for each
+CRASH_BATCHES = 4  # one setup killed at every step: 12 kills, 11 with a free IFB for each
 MIN_KILLS = 42
 # Hang bounds, not speed targets. The guest's measured slowdown is of pure Python (5x in an idle
 # TCG VM); netlink, forks and the stand-in's socket are slower still there: 16 setups queued on
@@ -50,6 +50,7 @@ SETUP_STEPS = [
     "take pickifb lock",
     "pick IFB",
     "create IFB",
+    "silence IFB",
     "bring IFB up",
     "add plug qdisc",
     "add ingress qdisc",
