@@ -19,7 +19,7 @@ test: lint
 	$(PY) -m pytest --cov=remus_netbuf --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 # The real-Xen tier: Debian's Xen 4.17 + a Debian dom0 in QEMU, xl remus running our script
-# through real libxl, real xenstored and netback (README: The real-Xen tier). Fetches and
+# through real libxl, real xenstored and netback (docs/real-xen-tier.md). Fetches and
 # builds what it needs into .cache/e2e once.
 e2e: deps
 	$(PY) -m tools.e2e

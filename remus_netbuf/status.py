@@ -53,7 +53,7 @@ def scan(xs: Xenstore, nl: Netlink, config_error: str | None = None) -> Snapshot
 
 
 def report(snap: Snapshot) -> dict[str, Any]:
-    """The ``status --json`` document (version 1; fields documented in the README)."""
+    """The ``status --json`` document (version 1; its fields: docs/cli.md)."""
     return {
         "version": JSON_VERSION,
         "netbufs": [asdict(row) for row in rows(snap)],

@@ -81,7 +81,7 @@ TCG_CPU = "max,-xsave,-avx,-avx2"
 # triple-faulted now and then, right after an exit to Xen (the kernel's PIT calibration reading
 # port 0x42 at boot; a hypercall while the other guest was checkpointed): 4 of 15 boots and 2
 # running guests in five runs, each restarted by xl under a new domid. With one, none in
-# five runs (10 boots), about as fast (README: The CPU model). Under KVM, two.
+# five runs (10 boots), about as fast (docs/real-xen-tier.md: The CPU model). Under KVM, two.
 TCG_VCPUS = 1
 TIMEOUT = 900.0
 

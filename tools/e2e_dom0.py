@@ -275,7 +275,8 @@ class Remus:
     """``xl -vvv remus -F -b`` of one guest with a netbuf script; its output, time-stamped.
 
     -b: the checkpoints go to /dev/null. (A stand-in backup host through ``-s``, whose death
-    would end Remus as a backup failing does, made xl hang or crash under TCG; see README.)
+    would end Remus as a backup failing does, made xl hang or crash under TCG; see
+    docs/real-xen-tier.md.)
     """
 
     def __init__(self, guest: Guest, script: Path) -> None:
