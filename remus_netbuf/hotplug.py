@@ -75,7 +75,8 @@ def run(request: Request, environ: Mapping[str, str]) -> int:
     """Carry out a validated request; the shared path of remus-netbuf-setup and remus-netbuf."""
     from .errors import NetbufError
     from .log import log
-    from .netbuf import setup, teardown
+    from .netbuf import setup
+    from .teardown import teardown
 
     try:
         if request.command == "setup":

@@ -1,14 +1,12 @@
-"""The two hotplug actions, setup and teardown, as sequences of named steps.
+"""A hotplug run as a sequence of named steps, and setup.
 
 Setup keeps an undo journal: every change it makes pushes its inverse, and any failure (or kill
 of the Python code by an exception) runs the journal backwards, so a failed setup leaves nothing
-behind. Teardown undoes as much as it can, step by step, and reports what it could not.
+behind. Teardown (:mod:`.teardown`) runs the same steps' frame, undoing as much as it can.
 Side effects go through :mod:`.netlink`, :mod:`.xenstore` and :mod:`.lock` only (and whether a
-link exists, through :mod:`.ifindex`); decisions come from :mod:`.decide`.
-
-A teardown with nothing to undo asks whether the vif exists, reads the config and one xenstore
-node, and removes two: it imports neither netlink nor the lock, which the runs that use them
-import where they do, nor contextlib and functools, which this module does without (issue 11).
+link exists, through :mod:`.ifindex`); decisions come from :mod:`.decide`. Setup imports netlink
+and the lock where it runs, so that a teardown with nothing to undo, which imports this module,
+imports neither (issue 11), nor contextlib and functools, which this module does without.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 
-from .decide import live_claims, next_ifb_name, pick_ifb, plan_teardown
+from .decide import live_claims, next_ifb_name, pick_ifb
 from .errors import KernelError, NetbufError, NoFreeIfb, StepFailed
 from .ifindex import link_exists
 from .log import SECONDARY, log
@@ -25,13 +23,10 @@ from .xenstore import Xenstore, socket_path
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up: record.py)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import TypeVar
 
     from .config import Config
     from .netlink import Netlink
     from .request import Request
-
-    T = TypeVar("T")
 
 KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when this step starts
 
@@ -39,12 +34,12 @@ KILL_AT_ENV = "REMUS_NETBUF_TEST_KILL_AT"  # test hook: SIGKILL ourselves when t
 class Run:
     """The state of one hotplug run: which step it is at and how to undo what it did."""
 
-    def __init__(self, request: Request, ifb: str | None = None, kill_at: str | None = None):
+    def __init__(self, request: Request, environ: Mapping[str, str], ifb: str | None = None):
         self.request = request
         self.ifb = ifb
         self.step = "start"
         self.undo: list[tuple[str, Callable[[], object]]] = []
-        self.kill_at = kill_at
+        self.kill_at = environ.get(KILL_AT_ENV)
 
     def at(self, step: str) -> Step:
         """Start a step, run in a ``with`` block; a NetbufError inside becomes StepFailed
@@ -100,14 +95,14 @@ def setup(request: Request, config: Config, environ: Mapping[str, str]) -> str:
     from .lock import pickifb_lock
     from .netlink import Netlink
 
-    run = Run(request, kill_at=environ.get(KILL_AT_ENV))
+    run = Run(request, environ)
     with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
         with run.at("check vif"):
             if not link_exists(request.vif):
                 raise KernelError(detail=f"vif {request.vif} does not exist")
         with run.at("open netlink"), Netlink() as nl:
             with run.at("check vif"):
-                _refuse_ifb_as_vif(nl, request.vif)
+                refuse_ifb_as_vif(nl, request.vif)
             whole = _whole_netbuf(run, xs, nl)
             if whole is not None:
                 log.info("%s: netbuf already whole on %s: nothing to change", request.vif, whole)
@@ -183,7 +178,7 @@ def _publish(run: Run, xs: Xenstore) -> None:
         xs.write(f"{run.request.xenbus_path}/hotplug-status", "connected")
 
 
-def _refuse_ifb_as_vif(nl: Netlink, vif: str) -> None:
+def refuse_ifb_as_vif(nl: Netlink, vif: str) -> None:
     link = nl.link(vif)
     if link is not None and link.kind == "ifb":
         raise KernelError(detail=f"vifname {vif} is an IFB, not a vif: refusing")
@@ -286,117 +281,3 @@ def _chooser(
         return name, create, choice.up, old
 
     return choose_and_claim
-
-
-def teardown(request: Request, config: Callable[[], Config], environ: Mapping[str, str]) -> None:
-    """Undo the netbuf of ``request``: idempotent, and never touches another claim's IFB.
-
-    The guest is freed first: the vif's ingress (and so its redirect into the plug) goes before
-    the config is read and before xenstore is asked anything, so that neither a broken config
-    nor a lost xenstored leaves the guest's output held. Later failures are still reported.
-    """
-    run = Run(request, ifb=request.remus_ifb, kill_at=environ.get(KILL_AT_ENV))
-    path = request.xenbus_path
-    problems: list[tuple[str, str]] = []
-    with NetlinkWhenNeeded(run) as netlink:
-        if link_exists(request.vif):
-            nl = netlink()
-            with run.at("check vif"):
-                _refuse_ifb_as_vif(nl, request.vif)
-            # The vif is this netbuf's alone: no lock needed to stop its redirect.
-            _attempt(run, "remove ingress qdisc", lambda: nl.remove_ingress(request.vif), problems)
-        lock_dir = config().lock_dir
-        with run.at("connect to xenstore"), Xenstore(socket_path(environ)) as xs:
-            _release_claim(run, netlink, xs, lock_dir, problems)
-            status, error = f"{path}/hotplug-status", f"{path}/hotplug-error"
-            _attempt(run, "remove hotplug-status", lambda: xs.remove(status), problems)
-            _attempt(run, "remove hotplug-error", lambda: xs.remove(error), problems)
-    if problems:
-        run.step, detail = problems[0]
-        more = f" (+{len(problems) - 1} more failed steps)" if len(problems) > 1 else ""
-        raise run.failure(detail + more)
-
-
-def _release_claim(
-    run: Run,
-    netlink: NetlinkWhenNeeded,
-    xs: Xenstore,
-    lock_dir: str,
-    problems: list[tuple[str, str]],
-) -> None:
-    """Free the claimed IFB and drop the claim, as :func:`.decide.plan_teardown` decides."""
-    request, path = run.request, run.request.xenbus_path
-    with run.at("read claim"):
-        own = xs.read(f"{path}/ifb")
-    run.ifb = request.remus_ifb or own
-    # Without a claim, REMUS_IFB is looked at: the claim may have gone with /libxl/<domid>
-    # (xl destroy, forced failover) before libxl ran us, the IFB still plugged.
-    look = own is None and request.remus_ifb is not None and link_exists(request.remus_ifb)
-    ours = look and _remus_ifb_has_our_plug(run, netlink(), problems)
-    plan = plan_teardown(request.remus_ifb, own, (), remus_ifb_ours=ours)
-    if plan.remove_claim or plan.free_ifb is not None:
-        from .lock import pickifb_lock
-
-        # Freeing the IFB and dropping the claim happen together under the lock, so that
-        # no setup sees the IFB free while it is still plugged, or claimed while it is free.
-        with run.at("take pickifb lock"), pickifb_lock(lock_dir):
-            with run.at("read claims"):
-                claims = live_claims(xs.claims(), xs.live_domids())
-                others = {c.ifb for c in claims if c.path != path}
-            if ours:  # looked at again, now that no setup can change it
-                ours = _remus_ifb_has_our_plug(run, netlink(), problems)
-            plan = plan_teardown(request.remus_ifb, own, others, remus_ifb_ours=ours)
-            free = plan.free_ifb
-            if free is not None and link_exists(free):
-                nl = netlink()  # failing to open it fails the teardown here: the claim stays
-                _attempt(run, "free IFB", lambda: nl.free_ifb(free), problems)
-            if plan.remove_claim:
-                _attempt(run, "remove claim", lambda: xs.remove(f"{path}/ifb"), problems)
-    log.info("%s: teardown: %s", request.vif, plan.why)
-
-
-class NetlinkWhenNeeded:
-    """A teardown's netlink session, opened (and netlink imported) when first needed: a run
-    with nothing to undo needs neither. Closed at the end of the ``with`` block."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.session: Netlink | None = None
-
-    def __enter__(self) -> NetlinkWhenNeeded:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.session is not None:
-            self.session.close()
-
-    def __call__(self) -> Netlink:
-        if self.session is None:
-            from .netlink import Netlink
-
-            with self.run.at("open netlink"):
-                self.session = Netlink()
-        return self.session
-
-
-def _remus_ifb_has_our_plug(run: Run, nl: Netlink, problems: list[tuple[str, str]]) -> bool:
-    """Whether REMUS_IFB is an IFB whose root qdisc is a netbuf's plug (see netlink); a
-    failure to look is a problem reported, and the IFB left alone."""
-    from .netlink import has_our_plug
-
-    ifb = run.request.remus_ifb
-    assert ifb is not None
-    return has_our_plug(_attempt(run, "look at REMUS_IFB", lambda: nl.ifb(ifb), problems))
-
-
-def _attempt(
-    run: Run, step: str, action: Callable[[], T], problems: list[tuple[str, str]]
-) -> T | None:
-    """One teardown step; a failure is logged and kept, and the teardown goes on (None)."""
-    try:
-        with run.at(step):
-            return action()
-    except StepFailed as err:
-        log.error("%s", err, extra=SECONDARY)  # the final line reports it, counted
-        problems.append((step, err.fields["detail"]))
-        return None

@@ -54,6 +54,7 @@ PRELOAD = (
     "remus_netbuf.cli",
     "remus_netbuf.config",
     "remus_netbuf.netbuf",
+    "remus_netbuf.teardown",
     "remus_netbuf.netlink",
     "remus_netbuf.rtnl",
     "remus_netbuf.xenstore",
