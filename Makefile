@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := remus_netbuf tests tools bench scripts/remus-netbuf-setup
 
-.PHONY: all deps lint test e2e demo bench bench-native clean install uninstall
+.PHONY: all deps lint test e2e demo bench bench-native matrix clean install uninstall
 all: test
 
 deps:
@@ -23,6 +23,11 @@ test: lint
 # builds what it needs into .cache/e2e once.
 e2e: deps
 	$(PY) -m tools.e2e
+
+# Every stack our users run (kernels 6.1/6.12/7.2, Pythons 3.11/3.13/3.14, Xen 4.17/4.20), each
+# tier on it, then one table (tools/matrix.py; each part's log in .cache/matrix).
+matrix: deps
+	$(PY) -m tools.matrix
 
 # The main job on an embedded default: a throwaway namespace, a veth guest, a private xenstore.
 demo: deps
