@@ -94,9 +94,9 @@ def e2e_counts(text: str) -> dict[str, int]:
 # kernel probe's lines (each module the netbuf needs, proven by doing what setup does).
 CHECK = """uname -r
 out=$(.venv/bin/remus-netbuf check --xl-conf /dev/null 2>&1)
-printf '%s\n' "$out"
-printf '%s\n' "$out" | grep -Eq '^ok +kernel-redirect' || exit 1
-! printf '%s\n' "$out" | grep -Eq '^FAIL +kernel'
+printf '%s\\n' "$out"
+printf '%s\\n' "$out" | grep -Eq '^ok +kernel-redirect' || exit 1
+! printf '%s\\n' "$out" | grep -Eq '^FAIL +kernel'
 """
 
 
