@@ -2,9 +2,11 @@
 
 The kernel tier, the demo and the benchmarks need sch_plug, which the running kernel may lack.
 This runner gives them one: Debian's own ``linux-image-amd64`` kernel (the kernel a Debian Xen
-dom0 runs, sch_plug and friends as modules), fetched with ``apt-get download`` and
-``dpkg-deb -x`` into the project's cache (never installed as the host's kernel), booted in QEMU
-through virtme-ng (``vng``, in the project's venv). The guest sees the host's ``/`` read-only
+dom0 runs, sch_plug and friends as modules) of one suite, ``REMUS_NETBUF_VM_KERNEL``: bookworm
+(the default; the host's apt), trixie or sid (a private apt state in the cache,
+:mod:`tools.privapt`). It is fetched with ``apt-get download`` and ``dpkg-deb -x`` into the
+project's cache, one directory per suite (never installed as the host's kernel), and booted in
+QEMU through virtme-ng (``vng``, in the project's venv). The guest sees the host's ``/`` read-only
 over 9p, with throwaway overlays on /etc /usr /var /tmp ... and on the repo; the work dir (a
 ``--rwdir``) is the one way back: the command's output, its exit status, the timeline.
 
@@ -22,7 +24,8 @@ same paths, a third of the import time. The guest then measures its speed agains
     python -m tools.vm [--timeout S] [--keep] [-v] [--cwd DIR] -- ARGV...
 
 exits with ARGV's status, 124 when the timeout killed the VM, 125 when it did not run or the
-command did not finish. Settings: REMUS_NETBUF_VM, REMUS_NETBUF_VM_MEM (1G),
+command did not finish. Settings: REMUS_NETBUF_VM, REMUS_NETBUF_VM_KERNEL (bookworm, trixie,
+sid: whose kernel boots), REMUS_NETBUF_VM_MEM (1G),
 REMUS_NETBUF_VM_TIMEOUT (seconds), REMUS_NETBUF_VM_CACHE (the cache dir, default .cache/vm in
 the repo), REMUS_NETBUF_VM_WORKDIR (parent of work dirs, default /tmp), REMUS_NETBUF_VM_KEEP=1,
 REMUS_NETBUF_VM_VNG (another vng: the tier's own tests use a broken one).
@@ -47,6 +50,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools import privapt
+
 REPO = Path(__file__).resolve().parents[1]
 GUEST_INIT = REPO / "tools" / "vm_guest.sh"
 IN_VM = "REMUS_NETBUF_IN_VM"
@@ -57,6 +62,9 @@ KVM_PROBE_SECONDS = 15.0
 MODES = ("auto", "native", "kvm", "tcg")
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
 KERNEL_META = "linux-image-amd64"
+# REMUS_NETBUF_VM_KERNEL: the Debian suites whose current KERNEL_META the VM can boot.
+KERNELS = ("bookworm", "trixie", "sid")
+HOST_SUITE = "bookworm"  # fetched with the host's own apt and sources (this host's suite)
 # What the guest's Python never needs: left out of the tarball (linters, installers, the runner).
 TARBALL_SKIP = ("mypy", "mypyc", "__mypyc", "pip", "setuptools", "virtme", "ruff")
 STDLIB_SKIP = ("test", "idlelib", "tkinter", "lib2to3", "turtledemo")  # ensurepip: make install
@@ -68,6 +76,7 @@ SPEED_PROBE += "print(time.perf_counter()-t)"
 @dataclass(frozen=True)
 class Options:
     mode: str = "auto"
+    kernel: str = HOST_SUITE  # the Debian suite whose kernel boots (KERNELS)
     mem: str = "1G"
     timeout: float = 900.0  # seconds for boot, command and power-off together
     cache: Path = REPO / ".cache" / "vm"
@@ -80,8 +89,15 @@ class Options:
         mode = environ.get("REMUS_NETBUF_VM") or base.mode
         if mode not in MODES:
             raise SystemExit(f"REMUS_NETBUF_VM={mode!r}: use one of {', '.join(MODES)}")
+        kernel = environ.get("REMUS_NETBUF_VM_KERNEL") or base.kernel
+        if kernel not in KERNELS:
+            raise SystemExit(
+                f"REMUS_NETBUF_VM_KERNEL={kernel!r}: use one of {', '.join(KERNELS)} (the Debian "
+                "suite whose linux-image-amd64 the VM boots)"
+            )
         return cls(
             mode=mode,
+            kernel=kernel,
             mem=environ.get("REMUS_NETBUF_VM_MEM") or base.mem,
             timeout=float(environ.get("REMUS_NETBUF_VM_TIMEOUT") or base.timeout),
             cache=Path(environ.get("REMUS_NETBUF_VM_CACHE") or base.cache),
@@ -100,6 +116,7 @@ class Outcome:
 
     workdir: Path | None
     mode: str = "?"
+    kernel: str = "?"  # which kernel booted: Kernel.label
     returncode: int | None = None  # the command's exit status; None if it did not finish
     problem: str | None = None
     booted: bool = False  # the guest reached our init
@@ -116,7 +133,7 @@ class Outcome:
         return EXIT_TIMEOUT if self.timed_out else EXIT_VM
 
     def summary(self) -> str:
-        parts = [f"VM ({self.mode}) {self.wall:.1f} s wall"]
+        parts = [f"VM ({self.mode}, {self.kernel}) {self.wall:.1f} s wall"]
         if "init" in self.timeline:
             parts.append(f"kernel up {self.timeline['init']:.1f} s at init")
         if "run" in self.timeline and "done" in self.timeline:
@@ -186,7 +203,7 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-# --- Debian's kernel, fetched once into the cache -------------------------------------------
+# --- Debian's kernel, fetched once per suite into the cache -----------------------------------
 
 
 @dataclass(frozen=True)
@@ -194,54 +211,115 @@ class Kernel:
     version: str  # e.g. 6.1.0-57-amd64
     vmlinuz: Path
     modules: Path
+    suite: str = HOST_SUITE
+
+    @property
+    def label(self) -> str:
+        """What logs call it, e.g. "Debian trixie's 6.12.117+deb13-amd64"."""
+        return f"Debian {self.suite}'s {self.version}"
 
 
-def ensure_kernel(cache: Path, say: Callable[[str], None] = lambda _: None) -> Kernel:
-    """Debian's current stock amd64 kernel, extracted under cache/kernel (fetched if missing),
+def kernel_dir(cache: Path, suite: str) -> Path:
+    """Where one suite's kernel is cached: its tree and a ``version`` file naming it."""
+    return cache / "kernel" / suite
+
+
+def ensure_kernel(
+    cache: Path, say: Callable[[str], None] = lambda _: None, suite: str = HOST_SUITE
+) -> Kernel:
+    """The suite's current stock amd64 kernel, extracted under kernel_dir (fetched if missing),
     with its modules where vng and modprobe look: /lib/modules/VERSION (a symlink, depmod'ed)."""
-    root = cache / "kernel"
+    if suite not in KERNELS:
+        raise Unavailable(f"no kernel for suite {suite!r}: use one of {', '.join(KERNELS)}")
+    root = kernel_dir(cache, suite)
     recorded = lines(root / "version")
-    if recorded and (root / recorded[0] / "boot" / f"vmlinuz-{recorded[0]}").exists():
-        kernel = _kernel_at(root, recorded[0])
-    else:
-        kernel = _fetch_kernel(root, say)
+    kernel = find_kernel(root / recorded[0], recorded[0], suite) if recorded else None
+    if kernel is None:
+        kernel = _fetch_kernel(root, suite, say)
     _link_modules(kernel, say)
     return kernel
 
 
-def _kernel_at(root: Path, version: str) -> Kernel:
-    tree = root / version
-    return Kernel(version, tree / "boot" / f"vmlinuz-{version}", tree / "lib/modules" / version)
+def find_kernel(tree: Path, version: str, suite: str = HOST_SUITE) -> Kernel | None:
+    """The image and the modules of VERSION in an extracted tree, where its packages put them
+    (None when either is missing). bookworm: ``boot/vmlinuz-V`` and ``lib/modules/V``; trixie
+    (merged /usr): ``boot/vmlinuz-V`` and ``usr/lib/modules/V``; sid: no /boot, the image is
+    ``usr/lib/modules/V/vmlinuz`` (linux-binary-V), the modules beside it (linux-modules-V)."""
+    trees = [tree / "lib" / "modules" / version, tree / "usr" / "lib" / "modules" / version]
+    modules = next((t for t in trees if (t / "kernel").is_dir()), None)
+    images = [tree / "boot" / f"vmlinuz-{version}", *(t / "vmlinuz" for t in trees)]
+    image = next((i for i in images if i.is_file()), None)
+    if modules is None or image is None:
+        return None
+    return Kernel(version, image, modules, suite)
 
 
-def _fetch_kernel(root: Path, say: Callable[[str], None]) -> Kernel:
-    package = _kernel_package()
+AptRun = Callable[[list[str], Path | None], str]  # argv, cwd -> stdout
+
+
+def _fetch_kernel(root: Path, suite: str, say: Callable[[str], None]) -> Kernel:
+    apt = _apt_for(root, suite)
+    package = kernel_package(apt(["apt-cache", "depends", KERNEL_META], None))
     version = package.removeprefix("linux-image-")
-    say(f"fetching Debian's kernel {package} (about 70 MB, once) ...")
+    packages = [package, *kernel_parts(apt(["apt-cache", "depends", package], None), version)]
+    say(f"fetching Debian {suite}'s kernel {version} ({', '.join(packages)}: once) ...")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        _apt(["apt-get", "download", package], cwd=tmp)
-        debs = list(Path(tmp).glob("*.deb"))
+        apt(["apt-get", "download", *packages], Path(tmp))
         tree = Path(tmp) / "tree"
-        _check(["dpkg-deb", "-x", str(debs[0]), str(tree)], "dpkg-deb -x")
+        for deb in sorted(Path(tmp).glob("*.deb")):
+            _check(["dpkg-deb", "-x", str(deb), str(tree)], f"dpkg-deb -x {deb.name}")
+        if find_kernel(tree, version, suite) is None:
+            raise Unavailable(f"{', '.join(packages)}: no vmlinuz and modules tree of {version}")
         shutil.rmtree(root / version, ignore_errors=True)
         tree.rename(root / version)
     (root / "version").write_text(version + "\n")
     say(f"kernel {version} cached in {root}")
-    return _kernel_at(root, version)
+    kernel = find_kernel(root / version, version, suite)
+    assert kernel is not None
+    return kernel
 
 
-def _kernel_package() -> str:
-    """The linux-image-VERSION-amd64 package that linux-image-amd64 depends on today."""
-    out = _apt(["apt-cache", "depends", KERNEL_META])
-    for line in out.splitlines():
-        name = line.strip().removeprefix("Depends:").strip()
+def _apt_for(root: Path, suite: str) -> AptRun:
+    """The host's apt for HOST_SUITE (its own sources name it); for another suite, a private
+    apt state under root (the host's sources never read), its lists updated now."""
+    if suite == HOST_SUITE:
+        return _apt
+    apt = _SuiteApt(root / "apt", privapt.one_line_sources(suite), "debian.list")
+    apt.update()
+    return lambda argv, cwd: apt.run(argv[0], *argv[1:], cwd=cwd)
+
+
+class _SuiteApt(privapt.PrivateApt):
+    error = Unavailable
+
+
+def depends(text: str) -> list[str]:
+    """The packages an ``apt-cache depends`` output names as Depends (alternatives too)."""
+    found = []
+    for line in text.splitlines():
+        kind, _, name = line.strip().lstrip("|").partition(":")
+        if kind == "Depends" and name.strip() and not name.strip().startswith("<"):
+            found.append(name.strip())
+    return found
+
+
+def kernel_package(text: str) -> str:
+    """The linux-image-VERSION package that KERNEL_META depends on (its apt-cache depends)."""
+    for name in depends(text):
         if name.startswith("linux-image-") and name != KERNEL_META:
             return name
-    raise Unavailable(f"apt-cache depends {KERNEL_META} names no kernel package:\n{out}")
+    raise Unavailable(f"apt-cache depends {KERNEL_META} names no kernel package:\n{text}")
 
 
-def _apt(argv: list[str], cwd: str | None = None) -> str:
+def kernel_parts(text: str, version: str) -> list[str]:
+    """What linux-image-VERSION depends on of the same build (its apt-cache depends): none in
+    bookworm and trixie (one package); sid's linux-image-V is a meta package over
+    linux-binary-V (the image), linux-modules-V and linux-base-V (modules.builtin, .order)."""
+    return [n for n in depends(text) if n.startswith("linux-") and n.endswith(f"-{version}")]
+
+
+def _apt(argv: list[str], cwd: Path | None = None) -> str:
     """An apt command; on a machine whose package lists are missing or stale, update, retry."""
     for attempt in (1, 2):
         done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
@@ -351,21 +429,21 @@ def run(
     if mode == "native":
         raise ValueError("mode native: run the command directly, not through the VM")
     try:
-        kernel = ensure_kernel(options.cache, say)
+        kernel = ensure_kernel(options.cache, say, options.kernel)
         vng = _vng()
         tarball = python_tarball(options.cache) if python else None
         reference = speed_probe() if python else None
     except Unavailable as err:
-        return Outcome(None, mode, problem=str(err))
+        return Outcome(None, mode, f"Debian {options.kernel}'s kernel", problem=str(err))
     keep = options.keep or workdir is not None
     workdir = workdir or make_workdir(options.workdir_parent)
     out = sys.stdout.fileno() if stdout is None else stdout
     errfd = sys.stderr.fileno() if stderr is None else stderr
-    job_env = dict(env or {})
+    job_env = {"REMUS_NETBUF_VM_KERNEL": kernel.suite, **(env or {})}  # what the guest runs on
     write_job(workdir, argv, cwd or Path.cwd(), job_env, tarball, reference, merged=out == errfd)
     overlays = [REPO, *visible]
     command = vng_command(vng, kernel, mode, options.mem, workdir, overlays)
-    say(f"booting Debian's {kernel.version} in QEMU ({mode}) ...")
+    say(f"booting {kernel.label} in QEMU ({mode}) ...")
     sys.stdout.flush()
     sys.stderr.flush()
     start = time.monotonic()
@@ -377,6 +455,7 @@ def run(
         raise
     outcome = read_back(workdir)
     outcome.mode, outcome.wall, outcome.timed_out = mode, time.monotonic() - start, timed_out
+    outcome.kernel = kernel.label
     if not outcome.booted:
         how = f"timed out after {options.timeout:g} s" if timed_out else "it powered off"
         outcome.problem = f"the VM did not boot ({how}); console: {workdir / 'console.log'}"
@@ -585,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.fetch:
         try:
-            print(ensure_kernel(defaults.cache, say).vmlinuz)
+            print(ensure_kernel(defaults.cache, say, defaults.kernel).vmlinuz)
         except Unavailable as err:
             say(str(err))
             return EXIT_VM
