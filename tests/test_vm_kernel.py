@@ -107,9 +107,9 @@ def extract(tree: Path, packages: dict[str, dict[str, str]]) -> Path:
 # --- the setting ------------------------------------------------------------------------------
 
 
-def test_the_default_kernel_is_bookworms() -> None:
-    assert vm.Options.from_env({}).kernel == "bookworm"
-    assert vm.Options.from_env({"REMUS_NETBUF_VM_KERNEL": ""}).kernel == "bookworm"
+def test_the_default_kernel_is_debians_current_stable() -> None:
+    assert vm.Options.from_env({}).kernel == "trixie"
+    assert vm.Options.from_env({"REMUS_NETBUF_VM_KERNEL": ""}).kernel == "trixie"
 
 
 @pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])

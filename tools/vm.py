@@ -2,13 +2,14 @@
 
 The kernel tier, the demo and the benchmarks need sch_plug, which the running kernel may lack.
 This runner gives them one: Debian's own ``linux-image-amd64`` kernel (the kernel a Debian Xen
-dom0 runs, sch_plug and friends as modules) of one suite, ``REMUS_NETBUF_VM_KERNEL``: bookworm
-(the default; the host's apt), trixie or sid (a private apt state in the cache,
-:mod:`tools.privapt`). It is fetched with ``apt-get download`` and ``dpkg-deb -x`` into the
-project's cache, one directory per suite (never installed as the host's kernel), and booted in
-QEMU through virtme-ng (``vng``, in the project's venv). The guest sees the host's ``/`` read-only
-over 9p, with throwaway overlays on /etc /usr /var /tmp ... and on the repo; the work dir (a
-``--rwdir``) is the one way back: the command's output, its exit status, the timeline.
+dom0 runs, sch_plug and friends as modules) of one suite, ``REMUS_NETBUF_VM_KERNEL``: trixie
+(the default: Debian's current stable), bookworm (the host's apt) or sid (trixie and sid through
+a private apt state in the cache, :mod:`tools.privapt`). It is fetched with ``apt-get download``
+and ``dpkg-deb -x`` into the project's cache, one directory per suite (never installed as the
+host's kernel), and booted in QEMU through virtme-ng (``vng``, in the project's venv). The guest
+sees the host's ``/`` read-only over 9p, with throwaway overlays on /etc /usr /var /tmp ... and
+on the repo; the work dir (a ``--rwdir``) is the one way back: the command's output, its exit
+status, the timeline.
 
 Modes (``REMUS_NETBUF_VM``): ``auto`` (default) runs natively when this kernel has sch_plug (a
 real dom0: the admin verifies on their own kernel), else in QEMU with KVM when a bounded probe
@@ -65,6 +66,7 @@ KERNEL_META = "linux-image-amd64"
 # REMUS_NETBUF_VM_KERNEL: the Debian suites whose current KERNEL_META the VM can boot.
 KERNELS = ("bookworm", "trixie", "sid")
 HOST_SUITE = "bookworm"  # fetched with the host's own apt and sources (this host's suite)
+DEFAULT_KERNEL = "trixie"  # Debian's current stable: the kernel a new dom0 runs
 # What the guest's Python never needs: left out of the tarball (linters, installers, the runner).
 TARBALL_SKIP = ("mypy", "mypyc", "__mypyc", "pip", "setuptools", "virtme", "ruff")
 STDLIB_SKIP = ("test", "idlelib", "tkinter", "lib2to3", "turtledemo")  # ensurepip: make install
@@ -76,7 +78,7 @@ SPEED_PROBE += "print(time.perf_counter()-t)"
 @dataclass(frozen=True)
 class Options:
     mode: str = "auto"
-    kernel: str = HOST_SUITE  # the Debian suite whose kernel boots (KERNELS)
+    kernel: str = DEFAULT_KERNEL  # the Debian suite whose kernel boots (KERNELS)
     mem: str = "1G"
     timeout: float = 900.0  # seconds for boot, command and power-off together
     cache: Path = REPO / ".cache" / "vm"
