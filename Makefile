@@ -43,7 +43,8 @@ INSTALL_PYTHON = /usr/bin/python3
 VENV = /opt/remus-netbuf
 SBINDIR = /usr/local/sbin
 XENDIR = /etc/xen
-INSTALL_ARGS = --prefix $(VENV) --sbindir $(SBINDIR) --xendir $(XENDIR) $(if $(WHEELS),--wheels $(WHEELS))
+# Quoted: WHEELS may be in a checkout whose path has a space (tests/test_install_vm.py).
+INSTALL_ARGS = --prefix '$(VENV)' --sbindir '$(SBINDIR)' --xendir '$(XENDIR)' $(if $(WHEELS),--wheels '$(WHEELS)')
 
 install:
 	$(INSTALL_PYTHON) tools/install.py install $(INSTALL_ARGS)
