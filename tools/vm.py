@@ -381,7 +381,7 @@ def run(
     cwd = (cwd or Path.cwd()).absolute()
     needed = exposed([REPO, *visible, Path(sys.prefix), options.cache, cwd], workdir)
     write_job(workdir, argv, cwd, dict(env or {}), tarball, reference, out == errfd, needed)
-    command = vng_command(vng, stage_for_vng(workdir, kernel), mode, options.mem, workdir)
+    command = vng_command(vng, stage_for_vng(workdir, kernel, vng), mode, options.mem, workdir)
     say(f"booting Debian's {kernel.version} in QEMU ({mode}) ...")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -424,17 +424,19 @@ def vng_command(vng: Path, vmlinuz: Path, mode: str, mem: str, workdir: Path) ->
     return [*argv, "--exec", f"bash {shlex.quote(str(workdir / 'init'))}"]
 
 
-def stage_for_vng(workdir: Path, kernel: Kernel) -> Path:
+def stage_for_vng(workdir: Path, kernel: Kernel, vng: Path) -> Path:
     """Links in the work dir for what vng puts on the kernel's command line, which splits at
     spaces and is read before the guest's init can expose hidden paths: ``kernel``, the cached
     tree (vng boots its vmlinuz and links the guest's /lib/modules/VERSION to its modules
-    there, whatever the host's link says); ``vng/virtme``, vng's own package, which :func:`_boot`
-    puts first on vng's path (its guest tools are the guest's first init). Returns the vmlinuz.
+    there, whatever the host's link says); ``vng/virtme``, the venv's vng's own package, which
+    :func:`_boot` puts first on vng's path (its guest tools are the guest's first init; another
+    vng keeps its own). Returns the vmlinuz.
     """
     tree = kernel.vmlinuz.parents[1]
     (workdir / "kernel").symlink_to(tree.resolve())
     spec = importlib.util.find_spec("virtme")
-    if spec is not None and spec.submodule_search_locations:
+    ours = vng == Path(sys.prefix) / "bin" / "vng"
+    if ours and spec is not None and spec.submodule_search_locations:
         (workdir / "vng").mkdir()
         (workdir / "vng" / "virtme").symlink_to(list(spec.submodule_search_locations)[0])
     return workdir / "kernel" / kernel.vmlinuz.relative_to(tree)
@@ -507,9 +509,9 @@ def _boot(
     loses nothing already written. Returns whether the timeout struck.
     """
     env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '')}"}
-    env["PYTHONPATH"] = os.pathsep.join(  # vng's package through its link: stage_for_vng
-        p for p in (str(workdir / "vng"), os.environ.get("PYTHONPATH")) if p
-    )
+    if (workdir / "vng").is_dir():  # vng's package through its link: stage_for_vng
+        paths = (str(workdir / "vng"), os.environ.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     done = threading.Event()
     followers = [threading.Thread(target=_follow, args=(workdir / "out", stdout, done))]
     if stdout != stderr:
