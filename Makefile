@@ -49,7 +49,8 @@ VENV = /opt/remus-netbuf
 SBINDIR = /usr/local/sbin
 XENDIR = /etc/xen
 MANDIR = /usr/local/share/man
-INSTALL_ARGS = --prefix $(VENV) --sbindir $(SBINDIR) --xendir $(XENDIR) --mandir $(MANDIR) $(if $(WHEELS),--wheels $(WHEELS))
+# Quoted: WHEELS may be in a checkout whose path has a space (tests/test_install_vm.py).
+INSTALL_ARGS = --prefix '$(VENV)' --sbindir '$(SBINDIR)' --xendir '$(XENDIR)' --mandir '$(MANDIR)' $(if $(WHEELS),--wheels '$(WHEELS)')
 
 install:
 	$(INSTALL_PYTHON) tools/install.py install $(INSTALL_ARGS)

@@ -7,9 +7,18 @@ dom0 runs, sch_plug and friends as modules) of one suite, ``REMUS_NETBUF_VM_KERN
 a private apt state in the cache, :mod:`tools.privapt`). It is fetched with ``apt-get download``
 and ``dpkg-deb -x`` into the project's cache, one directory per suite (never installed as the
 host's kernel), and booted in QEMU through virtme-ng (``vng``, in the project's venv). The guest
-sees the host's ``/`` read-only over 9p, with throwaway overlays on /etc /usr /var /tmp ... and
-on the repo; the work dir (a ``--rwdir``) is the one way back: the command's output, its exit
-status, the timeline.
+sees the host's ``/`` read-only over 9p, with vng's throwaway overlays on /etc /usr /var /tmp
+...; the work dir (a ``--rwdir``) is the one way back: the command's output, its exit status,
+the timeline.
+
+A checkout can be anywhere, but vng cannot carry every path: its tmpfs on /var/tmp, /var/cache
+and /run hides what the host has there, and it joins its arguments into one string, so a path
+with a space breaks it (and the kernel's command line, which its initramfs splits at spaces).
+So vng is given only paths in the work dir (links to the kernel and to its own guest tools,
+:func:`stage_for_vng`), and the guest's init itself exposes the directories the job needs (the
+repo, the venv, the cache, the command's directory: :func:`exposed`) at their own paths,
+writable, the writes thrown away; their names travel in the work dir, never on the kernel's
+command line.
 
 Modes (``REMUS_NETBUF_VM``): ``auto`` (default) runs natively when this kernel has sch_plug (a
 real dom0: the admin verifies on their own kernel), else in QEMU with KVM when a bounded probe
@@ -28,7 +37,8 @@ exits with ARGV's status, 124 when the timeout killed the VM, 125 when it did no
 command did not finish. Settings: REMUS_NETBUF_VM, REMUS_NETBUF_VM_KERNEL (bookworm, trixie,
 sid: whose kernel boots), REMUS_NETBUF_VM_MEM (1G),
 REMUS_NETBUF_VM_TIMEOUT (seconds), REMUS_NETBUF_VM_CACHE (the cache dir, default .cache/vm in
-the repo), REMUS_NETBUF_VM_WORKDIR (parent of work dirs, default /tmp), REMUS_NETBUF_VM_KEEP=1,
+the repo), REMUS_NETBUF_VM_WORKDIR (parent of work dirs, default /tmp; no whitespace: vng carries
+it), REMUS_NETBUF_VM_KEEP=1,
 REMUS_NETBUF_VM_VNG (another vng: the tier's own tests use a broken one).
 Inside, REMUS_NETBUF_IN_VM=1.
 """
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import shlex
 import shutil
@@ -97,13 +108,16 @@ class Options:
                 f"REMUS_NETBUF_VM_KERNEL={kernel!r}: use one of {', '.join(KERNELS)} (the Debian "
                 "suite whose linux-image-amd64 the VM boots)"
             )
+        workdir_parent = environ.get("REMUS_NETBUF_VM_WORKDIR") or str(base.workdir_parent)
+        if any(c.isspace() for c in workdir_parent):
+            raise SystemExit(f"REMUS_NETBUF_VM_WORKDIR={workdir_parent!r}: vng cannot carry spaces")
         return cls(
             mode=mode,
             kernel=kernel,
             mem=environ.get("REMUS_NETBUF_VM_MEM") or base.mem,
             timeout=float(environ.get("REMUS_NETBUF_VM_TIMEOUT") or base.timeout),
             cache=Path(environ.get("REMUS_NETBUF_VM_CACHE") or base.cache),
-            workdir_parent=Path(environ.get("REMUS_NETBUF_VM_WORKDIR") or base.workdir_parent),
+            workdir_parent=Path(workdir_parent),
             keep=environ.get("REMUS_NETBUF_VM_KEEP") == "1",
         )
 
@@ -360,9 +374,11 @@ def _link_modules(kernel: Kernel, say: Callable[[str], None]) -> None:
 
 
 def python_dirs() -> tuple[Path, Path]:
-    """The interpreter's standard library and the venv's site-packages."""
-    stdlib = Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    return stdlib, Path(sys.prefix) / "lib" / stdlib.name / "site-packages"
+    """The interpreter's standard library and the venv's site-packages, as real paths: where
+    the guest's lookups end, through any link (a checkout's .venv may be one)."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    stdlib = Path(sys.base_prefix).resolve() / "lib" / version
+    return stdlib, Path(sys.prefix).resolve() / "lib" / version / "site-packages"
 
 
 def python_tarball(cache: Path) -> Path:
@@ -384,10 +400,10 @@ def python_tarball(cache: Path) -> Path:
 
 
 def _venv_stamp() -> str:
-    """Changes with what the tar would hold: the venv's packages and what is left out."""
-    site = Path(sys.prefix) / "lib"
-    newest = max((p.stat().st_mtime_ns for p in site.glob("python*/site-packages/*")), default=0)
-    recipe = zlib.crc32(repr((TARBALL_SKIP, STDLIB_SKIP, sys.version)).encode())
+    """Changes with what the tar would hold: the venv's packages, where, and what is left out."""
+    site = python_dirs()[1]
+    newest = max((p.stat().st_mtime_ns for p in site.glob("*")), default=0)
+    recipe = zlib.crc32(repr((TARBALL_SKIP, STDLIB_SKIP, sys.version, str(site))).encode())
     return f"{newest:x}-{recipe:08x}"
 
 
@@ -421,9 +437,10 @@ def run(
 
     The command's output streams to the stdout/stderr descriptors (default: ours; the same one
     for both merges them) as it is written. ``python`` unpacks the host's Python into the guest
-    (skip it for a command that runs none). ``visible`` are more host paths the command writes
-    to (throwaway overlays in the guest); the repo always is one. ``started`` is told the VM's
-    process, for a caller that may have to kill it from another thread (:func:`kill`).
+    (skip it for a command that runs none). ``visible`` are more host directories the command
+    needs (exposed writable in the guest, the writes thrown away); the repo, the venv, the cache
+    and cwd always are. ``started`` is told the VM's process, for a caller that may have to kill
+    it from another thread (:func:`kill`).
     A ``workdir`` the caller made (to put more in it, or read more back) is never removed.
     """
     options = options or Options.from_env()
@@ -441,10 +458,11 @@ def run(
     workdir = workdir or make_workdir(options.workdir_parent)
     out = sys.stdout.fileno() if stdout is None else stdout
     errfd = sys.stderr.fileno() if stderr is None else stderr
+    cwd = (cwd or Path.cwd()).absolute()
+    needed = exposed([REPO, *visible, Path(sys.prefix), options.cache, cwd], workdir)
     job_env = {"REMUS_NETBUF_VM_KERNEL": kernel.suite, **(env or {})}  # what the guest runs on
-    write_job(workdir, argv, cwd or Path.cwd(), job_env, tarball, reference, merged=out == errfd)
-    overlays = [REPO, *visible]
-    command = vng_command(vng, kernel, mode, options.mem, workdir, overlays)
+    write_job(workdir, argv, cwd, job_env, tarball, reference, out == errfd, needed)
+    command = vng_command(vng, stage_for_vng(workdir, kernel, vng), mode, options.mem, workdir)
     say(f"booting {kernel.label} in QEMU ({mode}) ...")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -479,16 +497,45 @@ def _vng() -> Path:
     return vng
 
 
-def vng_command(
-    vng: Path, kernel: Kernel, mode: str, mem: str, workdir: Path, overlays: Iterable[Path]
-) -> list[str]:
+def vng_command(vng: Path, vmlinuz: Path, mode: str, mem: str, workdir: Path) -> list[str]:
     """One CPU per VM (the tier runs one VM per host CPU); -v sends the console to stdout."""
-    argv = [str(vng), "-v", "--run", str(kernel.vmlinuz), "--user", "root", "--cpus", "1"]
+    argv = [str(vng), "-v", "--run", str(vmlinuz), "--user", "root", "--cpus", "1"]
     argv += ["--memory", mem, "--name", "remus-netbuf-vm", "--rwdir", str(workdir)]
     if mode == "tcg":
         argv.append("--disable-kvm")
-    argv += [f"--overlay-rwdir={path}" for path in dict.fromkeys(overlays)]
     return [*argv, "--exec", f"bash {shlex.quote(str(workdir / 'init'))}"]
+
+
+def stage_for_vng(workdir: Path, kernel: Kernel, vng: Path) -> Path:
+    """Links in the work dir for what vng puts on the kernel's command line, which splits at
+    spaces and is read before the guest's init can expose hidden paths: ``kernel``, the cached
+    tree (vng boots its vmlinuz and links the guest's /lib/modules/VERSION to its modules
+    there, whatever the host's link says); ``vng/virtme``, the venv's vng's own package, which
+    :func:`_boot` puts first on vng's path (its guest tools are the guest's first init; another
+    vng keeps its own). Returns the vmlinuz.
+    """
+    tree = kernel.modules.parents[2]  # the extracted tree: its lib/modules/VERSION, or usr's
+    if tree.name == "usr":
+        tree = tree.parent
+    (workdir / "kernel").symlink_to(tree.resolve())
+    spec = importlib.util.find_spec("virtme")
+    ours = vng == Path(sys.prefix) / "bin" / "vng"
+    if ours and spec is not None and spec.submodule_search_locations:
+        (workdir / "vng").mkdir()
+        (workdir / "vng" / "virtme").symlink_to(list(spec.submodule_search_locations)[0])
+    return workdir / "kernel" / kernel.vmlinuz.relative_to(tree)
+
+
+def exposed(paths: Iterable[Path], workdir: Path) -> list[Path]:
+    """The host directories the guest's init exposes at their own paths: real paths (the guest
+    follows the same links to them), each once, none inside another (the outer one's overlay
+    has it) and none holding the work dir (an overlay there would hide the way back)."""
+    work = workdir.resolve()
+    kept: list[Path] = []
+    for path in sorted({p.resolve() for p in paths if p.is_dir()}):  # parents first
+        if not work.is_relative_to(path) and not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
 
 
 def make_workdir(parent: Path) -> Path:
@@ -504,17 +551,20 @@ def write_job(
     tarball: Path | None,
     reference: float | None,
     merged: bool = True,
+    expose: Iterable[Path] = (),
 ) -> None:
-    """Write what the guest's init runs: its copy of the init, the command, the environment."""
+    """Write what the guest's init runs: its copy of the init, the command, the environment,
+    the directories to expose (NUL-terminated, as the command: any name survives)."""
     shutil.copyfile(GUEST_INIT, workdir / "init")
     (workdir / "command").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
+    (workdir / "expose").write_bytes(b"".join(os.fsencode(p) + b"\0" for p in expose))
     values = {
         IN_VM: "1",
         "PATH": os.environ.get("PATH", "") + ":" + SBIN,
         "REMUS_NETBUF_VM_CWD": str(cwd),
         "REMUS_NETBUF_VM_MERGED": "1" if merged else "0",
         "REMUS_NETBUF_VM_TARBALL": str(tarball or ""),
-        "REMUS_NETBUF_VM_PYDIRS": " ".join(str(d) for d in python_dirs()) if tarball else "",
+        "REMUS_NETBUF_VM_PYDIRS": "\n".join(str(d) for d in python_dirs()) if tarball else "",
         "REMUS_NETBUF_VM_REFERENCE": str(reference or ""),
         "REMUS_NETBUF_VM_PYTHON": sys.executable,
         "REMUS_NETBUF_VM_PROBE": SPEED_PROBE,
@@ -543,6 +593,9 @@ def _boot(
     loses nothing already written. Returns whether the timeout struck.
     """
     env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '')}"}
+    if (workdir / "vng").is_dir():  # vng's package through its link: stage_for_vng
+        paths = (str(workdir / "vng"), os.environ.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     done = threading.Event()
     followers = [threading.Thread(target=_follow, args=(workdir / "out", stdout, done))]
     if stdout != stderr:
