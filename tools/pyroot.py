@@ -1,0 +1,281 @@
+"""The unit and native tests, and the programs, under another Debian suite's Python.
+
+Users run Pythons 3.12-3.14; the host is Debian 12 (3.11). A Debian root made once with
+``debootstrap --variant=minbase`` (trixie: 3.13, sid: 3.14) holds that Python, the tools the
+tests call (iproute2, the C xenstore clients, groff ...) and a venv, ``/venv``, with the test
+dependencies and this checkout installed, so that ``remus-netbuf-setup`` and ``remus-netbuf``
+sit next to ``sys.executable`` as the tests expect (tests/bed.py). Each run then, in a private
+mount namespace (every mount made there, ``ip netns add``'s included, dies with it):
+
+- binds the root onto itself, mounts a fresh ``/proc``, ``/sys``, a ``/run`` and ``/tmp`` of
+  its own (tmpfs: ``ip netns`` there never touches the host's ``/run/netns``), binds ``/dev``
+  and this checkout at the same path;
+- installs the checkout into ``/venv`` (a copy of its sources, so no build files land in the
+  checkout) when its sources changed since the last run;
+- runs pytest over the checkout, ``-m "not vm"``, in the host's network namespace as the host's
+  own native tests do. The kernel tier (QEMU) and lint stay on the host.
+
+    python -m tools.pyroot --suite trixie|sid [--rebuild] [-- PYTEST_ARGS]
+
+Exit status: pytest's. The root is cached in ``.cache/pyroot/SUITE/root`` with a stamp of its
+recipe; ``--rebuild`` makes it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache" / "pyroot"
+MIRROR = "http://deb.debian.org/debian"  # the mirror the host's own sources name
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # bookworm's: verifies both suites
+SUITES = ("trixie", "sid", "bookworm")  # bookworm: the host's own Python, as a control
+# What the tests call, beside python3: ip and tc, the C xenstore clients (the stand-in's
+# conformance tests), flock (util-linux), make -n (test_install), groff -ww (test_manpages).
+PACKAGES = (
+    "python3",
+    "python3-venv",
+    "ca-certificates",
+    "iproute2",
+    "xenstore-utils",
+    "util-linux",
+    "make",
+    "groff-base",
+)
+VENV = "/venv"
+# The test extra without the host-only tools: lint stays on the host, the kernel tier too.
+HOST_ONLY = ("mypy", "ruff", "virtme-ng")
+# Reads the real-Xen tier's cache (tools/xenpkg.py), which the session hook would otherwise
+# build with apt-get inside the root: run only when the host has made it.
+XEN_CACHE_TESTS = (
+    "tests/test_libxenlight.py::test_debians_libxenlight_has_no_network_buffering",
+    "tests/test_libxenlight.py::test_the_rebuilt_libxenlight_buffers_and_says_why",
+    "tests/test_libxenlight.py::test_both_real_libraries_are_of_one_xen_version",
+    "tests/test_libxenlight.py::test_the_check_warns_on_debians_naming_both_ways_out",
+)
+SOURCES = ("pyproject.toml", "README.md", "remus_netbuf", "scripts")
+RECIPE_VERSION = "1"
+
+# Runs as root in a fresh mount namespace (unshare -m): ROOT REPO COMMAND...
+INSIDE = r"""
+set -eu
+root=$1 repo=$2
+shift 2
+mount --make-rslave /
+mount --bind "$root" "$root"
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+mount --make-rslave "$root/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+mkdir -p "$root/run/netns" "$root/run/lock"
+mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+mkdir -p "$root$repo"
+mount --bind "$repo" "$root$repo"
+exec chroot "$root" "$@"
+"""
+
+
+class PyrootError(Exception):
+    """A step of making or entering the root failed; the message says which and why."""
+
+
+def say(line: str) -> None:
+    print(f"pyroot: {line}", file=sys.stderr, flush=True)
+
+
+def run(
+    argv: Sequence[str], what: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
+        raise PyrootError(f"{what} failed (exit {done.returncode}):\n{tail}")
+    return done
+
+
+def inside(root: Path, argv: Sequence[str], env: dict[str, str]) -> list[str]:
+    """The command line running ARGV chrooted in ROOT, in a private mount namespace."""
+    chrooted = ["/usr/bin/env", "-i", "-C", str(REPO), *(f"{k}={v}" for k, v in env.items()), *argv]
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", INSIDE, "-"] + [
+        str(root),
+        str(REPO),
+        *chrooted,
+    ]
+
+
+def base_env() -> dict[str, str]:
+    env = {
+        "PATH": f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+    }
+    env.update({k: os.environ[k] for k in ("TERM", "CI", "COLUMNS") if k in os.environ})
+    return env
+
+
+def test_requirements() -> list[str]:
+    """pyproject's test extra, as pinned there, less the host-only tools."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["optional-dependencies"]["test"], "setuptools>=77"]
+    return [r for r in wanted if re.split(r"[<>=!~ \[]", r)[0] not in HOST_ONLY]
+
+
+def recipe(suite: str) -> str:
+    return json.dumps(
+        {"suite": suite, "packages": PACKAGES, "venv": test_requirements(), "v": RECIPE_VERSION}
+    )
+
+
+def ensure_debootstrap() -> None:
+    if shutil.which("debootstrap"):
+        return
+    say("installing debootstrap on this host")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"]
+    if subprocess.run(install, capture_output=True, env=env).returncode != 0:
+        run(["apt-get", "update", "-qq"], "apt-get update", env=env)
+        run(install, "apt-get install debootstrap", env=env)
+
+
+def copy_pip_config(root: Path) -> None:
+    """The host's pip.conf and the CA bundle it names: pip in the root reaches PyPI the same
+    way as here. resolv.conf for the name of the index."""
+    for name in ("/etc/resolv.conf", "/etc/pip.conf"):
+        if os.path.isfile(name):
+            shutil.copyfile(name, root / name.lstrip("/"))
+    conf = Path("/etc/pip.conf")
+    text = conf.read_text() if conf.is_file() else ""
+    for bundle in re.findall(r"^\s*cert\s*=\s*(\S+)", text, re.MULTILINE):
+        target = root / bundle.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # a link into /usr/share/ca-certificates, maybe
+        shutil.copyfile(bundle, target)
+
+
+def build(suite: str, dest: Path) -> None:
+    """debootstrap SUITE into DEST, then the venv with the test dependencies."""
+    ensure_debootstrap()
+    started = time.monotonic()
+    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}"]
+    argv += [f"--keyring={KEYRING}", suite, str(dest), MIRROR]
+    # In a mount namespace of its own: the /proc and /sys it mounts in DEST go with it.
+    run(["unshare", "--mount", "--propagation", "private", "--", *argv], f"debootstrap {suite}")
+    say(f"debootstrap {suite}: {time.monotonic() - started:.0f} s")
+    started = time.monotonic()
+    copy_pip_config(dest)
+    env = base_env()
+    run(inside(dest, ["python3", "-m", "venv", VENV], env), "python3 -m venv")
+    pip = [f"{VENV}/bin/pip", "install", "-q", "--disable-pip-version-check"]
+    run(inside(dest, [*pip, *test_requirements()], env), "pip install (test dependencies)")
+    say(f"venv with {' '.join(test_requirements())}: {time.monotonic() - started:.0f} s")
+
+
+def ensure_root(suite: str, rebuild: bool) -> Path:
+    """The cached root of SUITE, made when missing, stale or asked for (one maker at a time)."""
+    home = CACHE / suite
+    home.mkdir(parents=True, exist_ok=True)
+    root, stamp = home / "root", home / "stamp"
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not rebuild and stamp.is_file() and stamp.read_text() == recipe(suite):
+            return root
+        say(f"making the {suite} root in {root} (a few minutes, once)")
+        started = time.monotonic()
+        stamp.unlink(missing_ok=True)
+        new = home / "root.new"
+        for old in (new, root):
+            if old.exists():  # only ever mounted in namespaces that are gone
+                shutil.rmtree(old)
+        build(suite, new)
+        new.rename(root)
+        stamp.write_text(recipe(suite))
+        say(f"the {suite} root is ready: {time.monotonic() - started:.0f} s")
+    return root
+
+
+def source_stamp() -> str:
+    """Changes whenever what pip would install from this checkout does."""
+    digest = hashlib.sha256()
+    for top in SOURCES:
+        path = REPO / top
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if "__pycache__" not in f.parts:
+                digest.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def install_checkout(root: Path) -> None:
+    """pip install (not editable) a copy of the checkout's sources into the root's venv, when
+    they changed: setuptools writes build/ and egg-info beside the sources it builds, and the
+    checkout's own remus_netbuf.egg-info is the host's editable install."""
+    stamp = root / VENV.lstrip("/") / ".remus-netbuf-source"
+    wanted = source_stamp()
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return
+    src = root / "var/tmp/remus-netbuf-src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    for top in SOURCES:
+        path = REPO / top
+        if path.is_dir():
+            shutil.copytree(path, src / top, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(path, src / top)
+    pip = [f"{VENV}/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    pip += ["--no-build-isolation", "--force-reinstall", "/var/tmp/remus-netbuf-src"]
+    run(inside(root, pip, base_env()), "pip install of the checkout")
+    stamp.write_text(wanted)
+
+
+def pytest_argv(extra: Sequence[str]) -> list[str]:
+    """pytest over the checkout, all but the kernel tier; the cache provider off, so the host's
+    .pytest_cache (last failures) is not the root's."""
+    argv = [f"{VENV}/bin/python", "-m", "pytest", "-m", "not vm", "-p", "no:cacheprovider"]
+    if not (REPO / ".cache" / "e2e" / "versions.json").is_file():
+        say("deselected (no real-Xen tier cache in .cache/e2e; it is built on the host):")
+        for test in XEN_CACHE_TESTS:
+            say(f"  {test}")
+            argv += ["--deselect", test]
+    return [*argv, *extra]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--suite", choices=SUITES, required=True)
+    parser.add_argument("--rebuild", action="store_true", help="make the root again")
+    parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (debootstrap, mount namespaces, the native tests)")
+    try:
+        root = ensure_root(args.suite, args.rebuild)
+        started = time.monotonic()
+        install_checkout(root)
+        env = base_env()
+        version = [f"{VENV}/bin/python", "-c", "import sys; print('Python', sys.version)"]
+        say(run(inside(root, version, env), "python --version").stdout.strip())
+        setup = run(inside(root, [f"{VENV}/bin/remus-netbuf-setup", "--version"], env), "setup")
+        say(f"{VENV}/bin/{setup.stdout.strip()} (install: {time.monotonic() - started:.1f} s)")
+    except PyrootError as err:
+        say(str(err))
+        return 2
+    done = subprocess.run(inside(root, pytest_argv(args.pytest_args), env))
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
