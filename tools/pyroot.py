@@ -36,6 +36,10 @@ import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "pyroot"
@@ -57,14 +61,22 @@ PACKAGES = (
 VENV = "/venv"
 # The test extra without the host-only tools: lint stays on the host, the kernel tier too.
 HOST_ONLY = ("mypy", "ruff", "virtme-ng")
-# Reads the real-Xen tier's cache (tools/xenpkg.py), which the session hook would otherwise
-# build with apt-get inside the root: run only when the host has made it.
-XEN_CACHE_TESTS = (
-    "tests/test_libxenlight.py::test_debians_libxenlight_has_no_network_buffering",
-    "tests/test_libxenlight.py::test_the_rebuilt_libxenlight_buffers_and_says_why",
-    "tests/test_libxenlight.py::test_both_real_libraries_are_of_one_xen_version",
-    "tests/test_libxenlight.py::test_the_check_warns_on_debians_naming_both_ways_out",
+# Not run in the root, each with the reason the run prints (pytest's -p tools.pyroot, below).
+XEN_CACHE_REASON = (
+    "reads the real-Xen tier's cache (.cache/e2e, tools/xenpkg.py), which the session hook "
+    "would otherwise build from inside the root with its apt; made on the host"
 )
+VM_PLUMBING = {
+    "tests/test_vm_smoke.py::test_when_the_vm_does_not_boot_vm_tests_skip_once_booted",
+    "tests/test_vm_smoke.py::test_on_ci_vm_tests_fail_when_the_vm_cannot_run",
+}
+VM_PLUMBING_REASON = (
+    "runs the kernel tier's session setup, which fetches Debian's kernel with apt-get and "
+    "depmods it (tools/vm.py): the kernel tier stays on the host"
+)
+# Where the kernel tier's cache goes if anything in the root asks for it: never the
+# checkout's .cache/vm, which the host's kernel tier uses.
+VM_CACHE = "/var/cache/remus-netbuf-vm"
 SOURCES = ("pyproject.toml", "README.md", "remus_netbuf", "scripts")
 RECIPE_VERSION = "1"
 
@@ -121,6 +133,7 @@ def base_env() -> dict[str, str]:
         "PATH": f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
         "LANG": "C.UTF-8",
+        "REMUS_NETBUF_VM_CACHE": VM_CACHE,
     }
     env.update({k: os.environ[k] for k in ("TERM", "CI", "COLUMNS") if k in os.environ})
     return env
@@ -241,16 +254,43 @@ def install_checkout(root: Path) -> None:
     stamp.write_text(wanted)
 
 
-def pytest_argv(extra: Sequence[str]) -> list[str]:
-    """pytest over the checkout, all but the kernel tier; the cache provider off, so the host's
+def inner_pytest(extra: Sequence[str]) -> list[str]:
+    """pytest over the checkout, all but the kernel tier, with this module as a plugin (what
+    cannot run in the root is deselected, saying why); the cache provider off, so the host's
     .pytest_cache (last failures) is not the root's."""
-    argv = [f"{VENV}/bin/python", "-m", "pytest", "-m", "not vm", "-p", "no:cacheprovider"]
-    if not (REPO / ".cache" / "e2e" / "versions.json").is_file():
-        say("deselected (no real-Xen tier cache in .cache/e2e; it is built on the host):")
-        for test in XEN_CACHE_TESTS:
-            say(f"  {test}")
-            argv += ["--deselect", test]
-    return [*argv, *extra]
+    argv = [f"{VENV}/bin/python", "-m", "pytest", "-m", "not vm", "-p", "tools.pyroot"]
+    return [*argv, "-p", "no:cacheprovider", *extra]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the root (pytest -p tools.pyroot): deselect what cannot run there, saying why; before
+    the session hook (tests/conftest.py) would fetch the caches the deselected tests need."""
+    from tools import xenpkg
+
+    xen_cached = xenpkg.cached()
+    reasons: dict[str, str] = {}
+    for item in items:
+        if item.nodeid in VM_PLUMBING:
+            reasons[item.nodeid] = VM_PLUMBING_REASON
+        elif "xen_cache" in getattr(item, "fixturenames", ()) and not xen_cached:
+            reasons[item.nodeid] = XEN_CACHE_REASON
+    if not reasons:
+        return
+    config.hook.pytest_deselected(items=[i for i in items if i.nodeid in reasons])
+    items[:] = [i for i in items if i.nodeid not in reasons]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for nodeid, reason in reasons.items():
+        if reporter is not None:
+            reporter.write_line(f"pyroot: deselected {nodeid}: {reason}")
+
+
+def host_traces(root: Path) -> tuple[set[str], list[str]]:
+    """The host's /run/netns entries, and any mount of the host's under the root: a run must
+    leave neither (its mounts, ip netns add's included, are in its own namespace)."""
+    netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    with open("/proc/self/mountinfo") as table:
+        points = [line.split()[4] for line in table]
+    return netns, [p for p in points if p == str(root) or p.startswith(f"{root}/")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,7 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyrootError as err:
         say(str(err))
         return 2
-    done = subprocess.run(inside(root, pytest_argv(args.pytest_args), env))
+    netns, _ = host_traces(root)
+    done = subprocess.run(inside(root, inner_pytest(args.pytest_args), env))
+    after, mounts = host_traces(root)
+    new = sorted(after - netns)
+    say(f"host: {len(mounts)} mounts under the root {mounts or ''}; new in /run/netns: {new}")
     return done.returncode
 
 
