@@ -47,7 +47,8 @@ MIRROR = "http://deb.debian.org/debian"  # the mirror the host's own sources nam
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # bookworm's: verifies both suites
 SUITES = ("trixie", "sid", "bookworm")  # bookworm: the host's own Python, as a control
 # What the tests call, beside python3: ip and tc, the C xenstore clients (the stand-in's
-# conformance tests), flock (util-linux), make -n (test_install), groff -ww (test_manpages).
+# conformance tests), flock (util-linux), make -n (test_install), groff -ww, mandoc -T lint and
+# lexgrog (test_manpages), systemd-analyze verify (test_metrics): what the host has.
 PACKAGES = (
     "python3",
     "python3-venv",
@@ -57,6 +58,9 @@ PACKAGES = (
     "util-linux",
     "make",
     "groff-base",
+    "mandoc",
+    "man-db",
+    "systemd",
 )
 VENV = "/venv"
 # The test extra without the host-only tools: lint stays on the host, the kernel tier too.
@@ -316,8 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     netns, _ = host_traces(root)
     done = subprocess.run(inside(root, inner_pytest(args.pytest_args), env))
     after, mounts = host_traces(root)
-    new = sorted(after - netns)
-    say(f"host: {len(mounts)} mounts under the root {mounts or ''}; new in /run/netns: {new}")
+    if mounts or after - netns:  # quiet otherwise: the last line is pytest's summary
+        new = sorted(after - netns)
+        say(f"host: mounts left under the root: {mounts}; new in /run/netns: {new}")
     return done.returncode
 
 
