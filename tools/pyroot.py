@@ -84,17 +84,16 @@ VM_CACHE = "/var/cache/remus-netbuf-vm"
 SOURCES = ("pyproject.toml", "README.md", "remus_netbuf", "scripts")
 RECIPE_VERSION = "1"
 
-# Runs as root in a fresh mount namespace (unshare -m): ROOT REPO COMMAND...
+# Runs as root in a fresh mount namespace whose mounts are all private (unshare --propagation
+# private: nothing mounted here reaches the host): ROOT REPO COMMAND...
 INSIDE = r"""
 set -eu
 root=$1 repo=$2
 shift 2
-mount --make-rslave /
 mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
-mount --make-rslave "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mkdir -p "$root/run/netns" "$root/run/lock"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
