@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := remus_netbuf tests tools bench scripts/remus-netbuf-setup
 
-.PHONY: all deps lint test e2e demo bench bench-native matrix clean install uninstall
+.PHONY: all deps lint test test-py pythons e2e demo bench bench-native matrix clean install uninstall
 all: test
 
 deps:
@@ -17,6 +17,16 @@ lint: deps
 # Debian's kernel in QEMU, fetched once into .cache/vm, or this kernel where it has sch_plug).
 test: lint
 	$(PY) -m pytest --cov=remus_netbuf --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+
+# The unit and native tests (all but the kernel tier) under another Debian suite's Python, in a
+# debootstrapped root made once into .cache/pyroot/SUITE (tools/pyroot.py; docs/testing.md):
+# trixie has 3.13, sid 3.14. Lint and the kernel tier stay with make test. make -k pythons: both,
+# sid even when trixie fails.
+SUITE = trixie
+test-py: test-py-$(SUITE)
+pythons: test-py-trixie test-py-sid
+test-py-%: deps
+	$(PY) -m tools.pyroot --suite $* $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 # The real-Xen tier: Debian's Xen 4.17 + a Debian dom0 in QEMU, xl remus running our script
 # through real libxl, real xenstored and netback (docs/real-xen-tier.md). Fetches and

@@ -210,6 +210,11 @@ def ensure(cache: Path = CACHE, say: Say = lambda _: None) -> XenTree:
     return _tree(cache, recorded, timings)
 
 
+def cached(cache: Path = CACHE) -> bool:
+    """Whether everything is in the cache already (:func:`ensure` would only look)."""
+    return _complete(cache, _read_versions(cache))
+
+
 def _complete(cache: Path, recorded: dict[str, object]) -> bool:
     return (
         bool(recorded.get("version"))
