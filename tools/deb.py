@@ -6,11 +6,12 @@ With Debian's own tools: debhelper, pybuild's pyproject plugin, ``dpkg-buildpack
 (binary only, unsigned), then lintian. It first installs what is missing with apt-get:
 debian/control's Build-Depends (``apt-get build-dep`` of the checkout) and lintian.
 
-dpkg-buildpackage writes its results beside the source tree, so the checkout's files (``git
-ls-files``: tracked, and untracked ones not ignored, as they are now in the work tree) are
-copied into ``.cache/deb/remus-netbuf-VERSION`` and built there. The results go to ``dist/``:
-the .deb, the .changes and .buildinfo, and lintian's output on the .changes (which checks the
-.deb too) in ``remus-netbuf_DEBVERSION.lintian``. Any error from lintian fails the build.
+dpkg-buildpackage writes its results beside the source tree, so the files the package is made
+of (SOURCES, as ``git ls-files`` lists them: tracked, and untracked ones not ignored, as they
+are now in the work tree) are copied into ``.cache/deb/remus-netbuf-VERSION`` and built
+there. The results go to ``dist/``: the .deb, the .changes and .buildinfo, and lintian's output
+on the .changes (which checks the .deb too) in ``remus-netbuf_DEBVERSION.lintian``. Any error
+from lintian fails the build.
 
 A stamp of the sources (every copied file, with debian/) skips the build when the packages in
 dist/ are of these sources already; ``--force`` builds anyway.
@@ -38,6 +39,8 @@ DIST = REPO / "dist"
 PACKAGE = "remus-netbuf"
 STAMP = CACHE / "stamp"
 ERROR = REPO / ".cache" / "deb.error"  # why the test session's build failed (tests/conftest.py)
+# What the package is built from: not the tests, tools or docs, so editing them rebuilds nothing.
+SOURCES = ("debian", "remus_netbuf", "scripts", "man", "etc", "pyproject.toml", "README.md")
 FIXTURE = "built_deb"  # a test that asks for it has the session build the package first
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 # The build sees the system's python3 only, as in a Debian build chroot: not a pyenv or venv
@@ -78,10 +81,10 @@ def versions(repo: Path = REPO) -> tuple[str, str]:
 
 
 def source_files(repo: Path = REPO) -> list[str]:
-    """The checkout's files as the work tree has them: tracked (less those deleted) and new
-    ones that .gitignore does not exclude."""
+    """The files the package is made of (SOURCES) as the work tree has them: tracked (less
+    those deleted) and new ones that .gitignore does not exclude."""
     done = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *SOURCES],
         cwd=repo,
         capture_output=True,
         text=True,
