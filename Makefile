@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := remus_netbuf tests tools bench scripts/remus-netbuf-setup
 
-.PHONY: all deps lint test test-py pythons e2e demo bench bench-native matrix clean install uninstall
+.PHONY: all deps lint test test-py pythons e2e demo bench bench-native matrix clean install uninstall deb
 all: test
 
 deps:
@@ -68,5 +68,12 @@ install:
 uninstall:
 	$(INSTALL_PYTHON) tools/install.py uninstall $(INSTALL_ARGS)
 
+# dist/remus-netbuf_<version>-1_all.deb (with its .changes, .buildinfo and lintian's output),
+# built with debhelper and pybuild in a copy under .cache/deb; the build dependencies and
+# lintian are installed with apt-get if missing (tools/deb.py). FORCE=1 builds even when dist/
+# holds the package of these sources already.
+deb:
+	$(INSTALL_PYTHON) tools/deb.py $(if $(FORCE),--force)
+
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* .cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* .cache dist
