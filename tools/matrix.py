@@ -105,7 +105,7 @@ def check_counts(text: str) -> dict[str, int]:
     counts = {"kernel checks ok": 0, "kernel checks failed": 0}
     for line in text.splitlines():
         words = line.split()
-        if len(words) > 1 and words[1].startswith("kernel"):
+        if len(words) > 1 and words[0] in ("ok", "warn", "FAIL") and words[1].startswith("kernel-"):
             counts["kernel checks ok" if words[0] == "ok" else "kernel checks failed"] += 1
     return counts
 
