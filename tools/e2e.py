@@ -13,12 +13,16 @@ scenarios (tools/e2e_dom0.py). Guests are PVH (Remus needs log-dirty; Debian's X
 shadow paging for PV), booting the same kernel with a busybox initramfs that streams UDP to
 dom0 (tools/e2e_guest.sh, tools/e2e_udp.c).
 
-    python -m tools.e2e [--timeout S] [--keep] [--only NAME,...]
+    python -m tools.e2e [--xen 4.17|4.20] [--timeout S] [--keep] [--only NAME,...]
+
+--xen 4.20 boots trixie's Xen 4.20 instead, with trixie's kernel as dom0's and a trixie root
+(tools/xenroot.py) as dom0's whole root, the checkout bound in from the host.
 
 exits 0 when every scenario passed, 1 when one failed, 2 when the tier could not run.
 Settings: REMUS_NETBUF_VM (auto|kvm|tcg, as the kernel tier), REMUS_NETBUF_E2E_TIMEOUT,
-REMUS_NETBUF_E2E_KEEP=1, REMUS_NETBUF_E2E_ONLY, REMUS_NETBUF_E2E_CPU (TCG's -cpu, default
-TCG_CPU below: max without XSAVE). The cache is .cache/e2e (and .cache/vm).
+REMUS_NETBUF_E2E_KEEP=1, REMUS_NETBUF_E2E_ONLY, REMUS_NETBUF_E2E_XEN, REMUS_NETBUF_E2E_CPU
+(TCG's -cpu, default TCG_CPU below: max without XSAVE). The cache is .cache/e2e (4.20's:
+.cache/e2e/4.20; and .cache/vm).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ The host's libxenstore4 may differ: in dom0 the tree's own libxenstore (of V) sh
 The build installs what it needs on the host with apt-get, only what is missing: this machine
 is the build environment (as tools/ensure-deps installs QEMU for the kernel tier).
 
-    python tools/xenpkg.py [--cache DIR]
+    python tools/xenpkg.py [--xen 4.17|4.20] [--cache DIR]
+
+(--xen 4.20: trixie's Xen, in a debootstrapped root of its own, :mod:`tools.xenroot`.)
 
 prints what it did (and the wall times of download and build); a second run finds everything
 cached and does nothing.
@@ -605,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"NOTE: {tree.netbuf_note}")
     if tree.netbuf_missing:
         say(f"Xen {tree.version}: no netbuf build, its source is missing: {tree.netbuf_missing}")
-    elif tree.own_root:
+    elif tree.own_root and not tree.netbuf_note:
         say(f"Xen {tree.version}: the root's packages and the source agree")
     else:
         say(f"Xen {tree.version}: debs and source agree; host libxenstore4 {host}")
