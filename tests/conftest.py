@@ -26,17 +26,22 @@ _xen_cache_problem: list[str] = []  # why the session hook could not fill it
 @pytest.hookimpl(tryfirst=True)  # before the kernel tier boots its VMs, which have no network
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Fetch and build what selected tests need, as the kernel tier fetches its kernel: the
-    wheels a test installs offline in the VM (tests/wheels.py), and the real-Xen tier's cache
+    wheels a test installs offline in the VM (tests/wheels.py), the Debian package
+    (tools/deb.py: about 30 s, or two minutes more to apt-get its build dependencies; a look when
+    dist/ holds it already), and the real-Xen tier's cache
     of Debian's Xen with libxenlight rebuilt (tools/xenpkg.py: about a minute cold, a look
     when warm)."""
     from tests import wheels
-    from tools import vm
+    from tools import deb, vm
 
     if os.environ.get(vm.IN_VM) == "1" or session.config.option.collectonly:
         return
     fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     if wheels.FIXTURE in fixtures:
         wheels.build()
+    if deb.FIXTURE in fixtures:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        deb.build_for_session(reporter.write_line if reporter is not None else lambda _: None)
     if XEN_CACHE in fixtures:
         _fill_xen_cache(session.config)
 

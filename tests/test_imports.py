@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -122,9 +123,15 @@ def test_version_and_help_load_nothing_of_the_product(bed: Bed) -> None:
 
 def test_the_installed_program_is_our_script_not_a_generated_wrapper() -> None:
     """pip installs scripts/remus-netbuf-setup itself (pyproject's script-files), its first line
-    pointed at the venv's python3; the console-script wrapper pip generates imports ``re``."""
+    pointed at the venv's python3; the console-script wrapper pip generates imports ``re``.
+    Where the venv's path has a space, which a #! line cannot hold, three lines start it
+    through sh instead, as pip's wrappers do (tools/ensure-deps)."""
     ours = (Path(__file__).resolve().parents[1] / "scripts" / "remus-netbuf-setup").read_text()
-    installed = Path(SETUP).read_text()
-    assert installed.splitlines()[1:] == ours.splitlines()[1:], "reinstall: tools/ensure-deps"
-    shebang = installed.splitlines()[0].removeprefix("#!")
-    assert Path(shebang).parent == Path(sys.executable).parent, shebang  # the venv's bin
+    installed = Path(SETUP).read_text().splitlines()
+    if installed[0] == "#!/bin/sh":
+        assert installed[2] == "' '''", installed[:3]
+        head, python = 3, shlex.split(installed[1].removeprefix("'''exec' "))[0]
+    else:
+        head, python = 1, installed[0].removeprefix("#!")
+    assert installed[head:] == ours.splitlines()[1:], "reinstall: tools/ensure-deps"
+    assert Path(python).parent == Path(sys.executable).parent, python  # the venv's bin

@@ -246,8 +246,8 @@ def test_the_service_writes_a_prom_file_for_the_textfile_collector() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_systemd_accepts_the_timer_and_service(tmp_path: Path) -> None:
-    for unit in UNITS.iterdir():  # as installed, with this venv's remus-netbuf
-        text = unit.read_text().replace("/usr/local/sbin/remus-netbuf ", f"{BIN}/remus-netbuf ")
+    for unit in UNITS.iterdir():  # as installed, with this venv's remus-netbuf (quoted: a space)
+        text = unit.read_text().replace("/usr/local/sbin/remus-netbuf ", f'"{BIN}/remus-netbuf" ')
         (tmp_path / unit.name).write_text(text)
     names = sorted(str(p) for p in tmp_path.iterdir())
     done = subprocess.run(["systemd-analyze", "verify", *names], capture_output=True, text=True)

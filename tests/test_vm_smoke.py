@@ -2,14 +2,17 @@
 
 In the VM: the kernel is Debian's, as cached, and a plug qdisc goes on an IFB in a namespace.
 From the host: the plugin carries inner results out (the real assertion of a failure), boots
-nothing when no vm test is selected, and skips or, on CI, fails when the VM cannot run.
+nothing when no vm test is selected, and skips or, on CI, fails when the VM cannot run; the
+runner runs from a checkout the guest would not see by itself.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,8 @@ def sh(*argv: str) -> str:
 def test_in_the_vm_the_kernel_is_debians_as_cached() -> None:
     if os.environ.get(vm.IN_VM) != "1":
         pytest.skip("this kernel has sch_plug: the tier runs here, without a VM")
-    cached = vm.lines(vm.Options.from_env().cache / "kernel" / "version")
+    options = vm.Options.from_env()  # the guest has the host's REMUS_NETBUF_VM_KERNEL
+    cached = vm.lines(vm.kernel_dir(options.cache, options.kernel) / "version")
     assert [os.uname().release] == cached
     assert os.uname().nodename == "remus-netbuf-vm"
     assert float(os.environ[vm.SLOWDOWN]) >= 1.0
@@ -147,6 +151,63 @@ def test_inner_results_come_out_as_outer_results(tiny: Path) -> None:
     assert skipped[0].startswith("SKIPPED [1] test_tiny.py:"), skipped  # the test, not the plugin
     assert skipped[0].endswith(": deliberate skip in the VM")
     assert "kernel tier" in done.stdout  # the summary: mode, boot time, overhead
+
+
+# What the guest runs in the copy below: the copy's package and the venv's packages import, and
+# the copy takes a file (which the host must not see).
+ANYWHERE_PROBE = """
+import pathlib, pyxs, remus_netbuf
+print("package", remus_netbuf.__file__)
+print("venv", pyxs.__file__)
+written = pathlib.Path("written-in-the-guest")
+written.write_text("yes")
+print("wrote", written.read_text())
+"""
+
+
+@pytest.mark.vm(on_host=True)
+def test_the_runner_runs_from_a_checkout_under_var_tmp_with_a_space_in_its_path() -> None:
+    """vng's guest has a tmpfs on /var/tmp, and vng and the kernel's command line split paths at
+    spaces: a copy of this work tree there (its venv a link to this one) runs the runner."""
+    if vm.choose_mode(vm.Options.from_env()) == "native":
+        pytest.skip("this kernel has sch_plug: the runner boots no VM")
+    checkout = Path(tempfile.mkdtemp(prefix="rnb checkout ", dir="/var/tmp"))
+    try:
+        for name in ("tools", "remus_netbuf"):
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(REPO / name, checkout / name, ignore=ignore)
+        (checkout / ".venv").symlink_to(sys.prefix)
+        env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTHONPATH")}
+        env["REMUS_NETBUF_VM_CACHE"] = str(vm.Options.from_env().cache.absolute())  # no fetch
+        python = str(checkout / ".venv" / "bin" / "python")
+        done = subprocess.run(
+            [python, "-m", "tools.vm", "--", python, "-c", ANYWHERE_PROBE],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1000,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"package {checkout}/remus_netbuf/__init__.py\n" in done.stdout
+        assert f"venv {checkout}/.venv/lib/" in done.stdout
+        assert "wrote yes\n" in done.stdout
+        assert "module failed" not in done.stderr  # the kernel's modules, from the cache
+        assert not (checkout / "written-in-the-guest").exists()  # the guest's writes stay there
+    finally:
+        shutil.rmtree(checkout)
+
+
+def test_the_guest_exposes_real_directories_once_and_never_over_the_work_dir(
+    tmp_path: Path,
+) -> None:
+    repo, elsewhere, work = tmp_path / "repo", tmp_path / "else where", tmp_path / "work" / "vm-1"
+    for directory in (repo / ".venv", repo / ".cache" / "vm", elsewhere, work):
+        directory.mkdir(parents=True)
+    (repo / "link").symlink_to(elsewhere)
+    paths = [repo, repo / ".venv", repo / "link", repo / ".cache" / "vm", tmp_path / "gone"]
+    paths += [tmp_path / "work", Path("/")]  # hold the work dir: an overlay there would hide it
+    assert vm.exposed(paths, work) == [elsewhere.resolve(), repo.resolve()]
 
 
 def test_shards_balance_by_weight_and_keep_collection_order() -> None:

@@ -22,10 +22,11 @@ VMs work. A vm test then waits for its shard's results.
 
 If the VM cannot run (no kernel to fetch, no QEMU, no boot), vm tests skip, or fail when
 CI=true, with the console's tail. Settings (environment first, then ini option): REMUS_NETBUF_VM
-(auto, native, kvm, tcg: tools/vm.py), REMUS_NETBUF_VM_TIMEOUT / vm_timeout (seconds for boot,
-tests and power-off together), REMUS_NETBUF_VM_SHARDS / vm_shards (VMs at once; default: the
-host's CPUs), REMUS_NETBUF_VM_WORKDIR (parent of the work dirs: /tmp), REMUS_NETBUF_VM_KEEP=1
-(keep the work dirs, which are otherwise kept only when something broke).
+(auto, native, kvm, tcg: tools/vm.py), REMUS_NETBUF_VM_KERNEL (bookworm, trixie, sid: whose
+Debian kernel boots), REMUS_NETBUF_VM_TIMEOUT / vm_timeout (seconds for boot, tests and
+power-off together), REMUS_NETBUF_VM_SHARDS / vm_shards (VMs at once; default: the host's
+CPUs), REMUS_NETBUF_VM_WORKDIR (parent of the work dirs: /tmp), REMUS_NETBUF_VM_KEEP=1 (keep
+the work dirs, which are otherwise kept only when something broke).
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ class Settings:
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
         env = os.environ
-        options = vm.Options.from_env()
+        try:
+            options = vm.Options.from_env()
+        except SystemExit as err:  # a bad REMUS_NETBUF_VM* value: one line, not a traceback
+            raise pytest.UsageError(str(err)) from None
         timeout = env.get("REMUS_NETBUF_VM_TIMEOUT") or str(config.getini("vm_timeout"))
         return cls(
             options=dataclasses.replace(options, timeout=float(timeout)),
@@ -137,6 +141,7 @@ class TierRun:
     timeline: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     mode: str = "?"
+    kernel: str = "?"  # which kernel booted, e.g. "Debian trixie's 6.12.117+deb13-amd64"
     slowdown: float | None = None
     nodeids: list[str] = field(default_factory=list)
 
@@ -152,7 +157,7 @@ class TierRun:
     def summary(self) -> list[str]:
         t = self.timeline
         speed = f", {self.slowdown:.0f}x slower than the host" if self.slowdown else ""
-        lines = [f"VM run ({self.mode}{speed}): {self.wall:.1f} s wall"]
+        lines = [f"VM run ({self.mode}, {self.kernel}{speed}): {self.wall:.1f} s wall"]
         if "init" in t:
             ready = t.get("modules", t["init"])
             lines.append(f"boot: kernel up {t['init']:.1f} s at init, ready {ready:.1f} s")
@@ -201,7 +206,7 @@ class VmTier:
         if self.mode == "native":  # this kernel has sch_plug: the vm tests are ordinary tests
             return
         try:  # once, before the shards start: they share the cache
-            vm.ensure_kernel(self.settings.options.cache)
+            vm.ensure_kernel(self.settings.options.cache, suite=self.settings.options.kernel)
             vm.python_tarball(self.settings.options.cache)
         except vm.Unavailable:
             pass  # each shard's run says why
@@ -332,6 +337,7 @@ def run_vm(
         timeline=outcome.timeline,
         wall=outcome.wall,
         mode=mode,
+        kernel=outcome.kernel,
         slowdown=outcome.slowdown,
         nodeids=nodeids,
     )

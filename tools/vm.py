@@ -2,11 +2,23 @@
 
 The kernel tier, the demo and the benchmarks need sch_plug, which the running kernel may lack.
 This runner gives them one: Debian's own ``linux-image-amd64`` kernel (the kernel a Debian Xen
-dom0 runs, sch_plug and friends as modules), fetched with ``apt-get download`` and
-``dpkg-deb -x`` into the project's cache (never installed as the host's kernel), booted in QEMU
-through virtme-ng (``vng``, in the project's venv). The guest sees the host's ``/`` read-only
-over 9p, with throwaway overlays on /etc /usr /var /tmp ... and on the repo; the work dir (a
-``--rwdir``) is the one way back: the command's output, its exit status, the timeline.
+dom0 runs, sch_plug and friends as modules) of one suite, ``REMUS_NETBUF_VM_KERNEL``: trixie
+(the default: Debian's current stable), bookworm (the host's apt) or sid (trixie and sid through
+a private apt state in the cache, :mod:`tools.privapt`). It is fetched with ``apt-get download``
+and ``dpkg-deb -x`` into the project's cache, one directory per suite (never installed as the
+host's kernel), and booted in QEMU through virtme-ng (``vng``, in the project's venv). The guest
+sees the host's ``/`` read-only over 9p, with vng's throwaway overlays on /etc /usr /var /tmp
+...; the work dir (a ``--rwdir``) is the one way back: the command's output, its exit status,
+the timeline.
+
+A checkout can be anywhere, but vng cannot carry every path: its tmpfs on /var/tmp, /var/cache
+and /run hides what the host has there, and it joins its arguments into one string, so a path
+with a space breaks it (and the kernel's command line, which its initramfs splits at spaces).
+So vng is given only paths in the work dir (links to the kernel and to its own guest tools,
+:func:`stage_for_vng`), and the guest's init itself exposes the directories the job needs (the
+repo, the venv, the cache, the command's directory: :func:`exposed`) at their own paths,
+writable, the writes thrown away; their names travel in the work dir, never on the kernel's
+command line.
 
 Modes (``REMUS_NETBUF_VM``): ``auto`` (default) runs natively when this kernel has sch_plug (a
 real dom0: the admin verifies on their own kernel), else in QEMU with KVM when a bounded probe
@@ -22,9 +34,11 @@ same paths, a third of the import time. The guest then measures its speed agains
     python -m tools.vm [--timeout S] [--keep] [-v] [--cwd DIR] -- ARGV...
 
 exits with ARGV's status, 124 when the timeout killed the VM, 125 when it did not run or the
-command did not finish. Settings: REMUS_NETBUF_VM, REMUS_NETBUF_VM_MEM (1G),
+command did not finish. Settings: REMUS_NETBUF_VM, REMUS_NETBUF_VM_KERNEL (bookworm, trixie,
+sid: whose kernel boots), REMUS_NETBUF_VM_MEM (1G),
 REMUS_NETBUF_VM_TIMEOUT (seconds), REMUS_NETBUF_VM_CACHE (the cache dir, default .cache/vm in
-the repo), REMUS_NETBUF_VM_WORKDIR (parent of work dirs, default /tmp), REMUS_NETBUF_VM_KEEP=1,
+the repo), REMUS_NETBUF_VM_WORKDIR (parent of work dirs, default /tmp; no whitespace: vng carries
+it), REMUS_NETBUF_VM_KEEP=1,
 REMUS_NETBUF_VM_VNG (another vng: the tier's own tests use a broken one).
 Inside, REMUS_NETBUF_IN_VM=1.
 """
@@ -33,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import shlex
 import shutil
@@ -47,6 +62,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools import privapt
+
 REPO = Path(__file__).resolve().parents[1]
 GUEST_INIT = REPO / "tools" / "vm_guest.sh"
 IN_VM = "REMUS_NETBUF_IN_VM"
@@ -57,6 +74,10 @@ KVM_PROBE_SECONDS = 15.0
 MODES = ("auto", "native", "kvm", "tcg")
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
 KERNEL_META = "linux-image-amd64"
+# REMUS_NETBUF_VM_KERNEL: the Debian suites whose current KERNEL_META the VM can boot.
+KERNELS = ("bookworm", "trixie", "sid")
+HOST_SUITE = "bookworm"  # fetched with the host's own apt and sources (this host's suite)
+DEFAULT_KERNEL = "trixie"  # Debian's current stable: the kernel a new dom0 runs
 # What the guest's Python never needs: left out of the tarball (linters, installers, the runner).
 TARBALL_SKIP = ("mypy", "mypyc", "__mypyc", "pip", "setuptools", "virtme", "ruff")
 STDLIB_SKIP = ("test", "idlelib", "tkinter", "lib2to3", "turtledemo")  # ensurepip: make install
@@ -68,6 +89,7 @@ SPEED_PROBE += "print(time.perf_counter()-t)"
 @dataclass(frozen=True)
 class Options:
     mode: str = "auto"
+    kernel: str = DEFAULT_KERNEL  # the Debian suite whose kernel boots (KERNELS)
     mem: str = "1G"
     timeout: float = 900.0  # seconds for boot, command and power-off together
     cache: Path = REPO / ".cache" / "vm"
@@ -80,12 +102,22 @@ class Options:
         mode = environ.get("REMUS_NETBUF_VM") or base.mode
         if mode not in MODES:
             raise SystemExit(f"REMUS_NETBUF_VM={mode!r}: use one of {', '.join(MODES)}")
+        kernel = environ.get("REMUS_NETBUF_VM_KERNEL") or base.kernel
+        if kernel not in KERNELS:
+            raise SystemExit(
+                f"REMUS_NETBUF_VM_KERNEL={kernel!r}: use one of {', '.join(KERNELS)} (the Debian "
+                "suite whose linux-image-amd64 the VM boots)"
+            )
+        workdir_parent = environ.get("REMUS_NETBUF_VM_WORKDIR") or str(base.workdir_parent)
+        if any(c.isspace() for c in workdir_parent):
+            raise SystemExit(f"REMUS_NETBUF_VM_WORKDIR={workdir_parent!r}: vng cannot carry spaces")
         return cls(
             mode=mode,
+            kernel=kernel,
             mem=environ.get("REMUS_NETBUF_VM_MEM") or base.mem,
             timeout=float(environ.get("REMUS_NETBUF_VM_TIMEOUT") or base.timeout),
             cache=Path(environ.get("REMUS_NETBUF_VM_CACHE") or base.cache),
-            workdir_parent=Path(environ.get("REMUS_NETBUF_VM_WORKDIR") or base.workdir_parent),
+            workdir_parent=Path(workdir_parent),
             keep=environ.get("REMUS_NETBUF_VM_KEEP") == "1",
         )
 
@@ -100,6 +132,7 @@ class Outcome:
 
     workdir: Path | None
     mode: str = "?"
+    kernel: str = "?"  # which kernel booted: Kernel.label
     returncode: int | None = None  # the command's exit status; None if it did not finish
     problem: str | None = None
     booted: bool = False  # the guest reached our init
@@ -116,7 +149,7 @@ class Outcome:
         return EXIT_TIMEOUT if self.timed_out else EXIT_VM
 
     def summary(self) -> str:
-        parts = [f"VM ({self.mode}) {self.wall:.1f} s wall"]
+        parts = [f"VM ({self.mode}, {self.kernel}) {self.wall:.1f} s wall"]
         if "init" in self.timeline:
             parts.append(f"kernel up {self.timeline['init']:.1f} s at init")
         if "run" in self.timeline and "done" in self.timeline:
@@ -186,7 +219,7 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-# --- Debian's kernel, fetched once into the cache -------------------------------------------
+# --- Debian's kernel, fetched once per suite into the cache -----------------------------------
 
 
 @dataclass(frozen=True)
@@ -194,54 +227,115 @@ class Kernel:
     version: str  # e.g. 6.1.0-57-amd64
     vmlinuz: Path
     modules: Path
+    suite: str = HOST_SUITE
+
+    @property
+    def label(self) -> str:
+        """What logs call it, e.g. "Debian trixie's 6.12.117+deb13-amd64"."""
+        return f"Debian {self.suite}'s {self.version}"
 
 
-def ensure_kernel(cache: Path, say: Callable[[str], None] = lambda _: None) -> Kernel:
-    """Debian's current stock amd64 kernel, extracted under cache/kernel (fetched if missing),
+def kernel_dir(cache: Path, suite: str) -> Path:
+    """Where one suite's kernel is cached: its tree and a ``version`` file naming it."""
+    return cache / "kernel" / suite
+
+
+def ensure_kernel(
+    cache: Path, say: Callable[[str], None] = lambda _: None, suite: str = HOST_SUITE
+) -> Kernel:
+    """The suite's current stock amd64 kernel, extracted under kernel_dir (fetched if missing),
     with its modules where vng and modprobe look: /lib/modules/VERSION (a symlink, depmod'ed)."""
-    root = cache / "kernel"
+    if suite not in KERNELS:
+        raise Unavailable(f"no kernel for suite {suite!r}: use one of {', '.join(KERNELS)}")
+    root = kernel_dir(cache, suite)
     recorded = lines(root / "version")
-    if recorded and (root / recorded[0] / "boot" / f"vmlinuz-{recorded[0]}").exists():
-        kernel = _kernel_at(root, recorded[0])
-    else:
-        kernel = _fetch_kernel(root, say)
+    kernel = find_kernel(root / recorded[0], recorded[0], suite) if recorded else None
+    if kernel is None:
+        kernel = _fetch_kernel(root, suite, say)
     _link_modules(kernel, say)
     return kernel
 
 
-def _kernel_at(root: Path, version: str) -> Kernel:
-    tree = root / version
-    return Kernel(version, tree / "boot" / f"vmlinuz-{version}", tree / "lib/modules" / version)
+def find_kernel(tree: Path, version: str, suite: str = HOST_SUITE) -> Kernel | None:
+    """The image and the modules of VERSION in an extracted tree, where its packages put them
+    (None when either is missing). bookworm: ``boot/vmlinuz-V`` and ``lib/modules/V``; trixie
+    (merged /usr): ``boot/vmlinuz-V`` and ``usr/lib/modules/V``; sid: no /boot, the image is
+    ``usr/lib/modules/V/vmlinuz`` (linux-binary-V), the modules beside it (linux-modules-V)."""
+    trees = [tree / "lib" / "modules" / version, tree / "usr" / "lib" / "modules" / version]
+    modules = next((t for t in trees if (t / "kernel").is_dir()), None)
+    images = [tree / "boot" / f"vmlinuz-{version}", *(t / "vmlinuz" for t in trees)]
+    image = next((i for i in images if i.is_file()), None)
+    if modules is None or image is None:
+        return None
+    return Kernel(version, image, modules, suite)
 
 
-def _fetch_kernel(root: Path, say: Callable[[str], None]) -> Kernel:
-    package = _kernel_package()
+AptRun = Callable[[list[str], Path | None], str]  # argv, cwd -> stdout
+
+
+def _fetch_kernel(root: Path, suite: str, say: Callable[[str], None]) -> Kernel:
+    apt = _apt_for(root, suite)
+    package = kernel_package(apt(["apt-cache", "depends", KERNEL_META], None))
     version = package.removeprefix("linux-image-")
-    say(f"fetching Debian's kernel {package} (about 70 MB, once) ...")
+    packages = [package, *kernel_parts(apt(["apt-cache", "depends", package], None), version)]
+    say(f"fetching Debian {suite}'s kernel {version} ({', '.join(packages)}: once) ...")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        _apt(["apt-get", "download", package], cwd=tmp)
-        debs = list(Path(tmp).glob("*.deb"))
+        apt(["apt-get", "download", *packages], Path(tmp))
         tree = Path(tmp) / "tree"
-        _check(["dpkg-deb", "-x", str(debs[0]), str(tree)], "dpkg-deb -x")
+        for deb in sorted(Path(tmp).glob("*.deb")):
+            _check(["dpkg-deb", "-x", str(deb), str(tree)], f"dpkg-deb -x {deb.name}")
+        if find_kernel(tree, version, suite) is None:
+            raise Unavailable(f"{', '.join(packages)}: no vmlinuz and modules tree of {version}")
         shutil.rmtree(root / version, ignore_errors=True)
         tree.rename(root / version)
     (root / "version").write_text(version + "\n")
     say(f"kernel {version} cached in {root}")
-    return _kernel_at(root, version)
+    kernel = find_kernel(root / version, version, suite)
+    assert kernel is not None
+    return kernel
 
 
-def _kernel_package() -> str:
-    """The linux-image-VERSION-amd64 package that linux-image-amd64 depends on today."""
-    out = _apt(["apt-cache", "depends", KERNEL_META])
-    for line in out.splitlines():
-        name = line.strip().removeprefix("Depends:").strip()
+def _apt_for(root: Path, suite: str) -> AptRun:
+    """The host's apt for HOST_SUITE (its own sources name it); for another suite, a private
+    apt state under root (the host's sources never read), its lists updated now."""
+    if suite == HOST_SUITE:
+        return _apt
+    apt = _SuiteApt(root / "apt", privapt.one_line_sources(suite), "debian.list")
+    apt.update()
+    return lambda argv, cwd: apt.run(argv[0], *argv[1:], cwd=cwd)
+
+
+class _SuiteApt(privapt.PrivateApt):
+    error = Unavailable
+
+
+def depends(text: str) -> list[str]:
+    """The packages an ``apt-cache depends`` output names as Depends (alternatives too)."""
+    found = []
+    for line in text.splitlines():
+        kind, _, name = line.strip().lstrip("|").partition(":")
+        if kind == "Depends" and name.strip() and not name.strip().startswith("<"):
+            found.append(name.strip())
+    return found
+
+
+def kernel_package(text: str) -> str:
+    """The linux-image-VERSION package that KERNEL_META depends on (its apt-cache depends)."""
+    for name in depends(text):
         if name.startswith("linux-image-") and name != KERNEL_META:
             return name
-    raise Unavailable(f"apt-cache depends {KERNEL_META} names no kernel package:\n{out}")
+    raise Unavailable(f"apt-cache depends {KERNEL_META} names no kernel package:\n{text}")
 
 
-def _apt(argv: list[str], cwd: str | None = None) -> str:
+def kernel_parts(text: str, version: str) -> list[str]:
+    """What linux-image-VERSION depends on of the same build (its apt-cache depends): none in
+    bookworm and trixie (one package); sid's linux-image-V is a meta package over
+    linux-binary-V (the image), linux-modules-V and linux-base-V (modules.builtin, .order)."""
+    return [n for n in depends(text) if n.startswith("linux-") and n.endswith(f"-{version}")]
+
+
+def _apt(argv: list[str], cwd: Path | None = None) -> str:
     """An apt command; on a machine whose package lists are missing or stale, update, retry."""
     for attempt in (1, 2):
         done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
@@ -280,9 +374,11 @@ def _link_modules(kernel: Kernel, say: Callable[[str], None]) -> None:
 
 
 def python_dirs() -> tuple[Path, Path]:
-    """The interpreter's standard library and the venv's site-packages."""
-    stdlib = Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    return stdlib, Path(sys.prefix) / "lib" / stdlib.name / "site-packages"
+    """The interpreter's standard library and the venv's site-packages, as real paths: where
+    the guest's lookups end, through any link (a checkout's .venv may be one)."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    stdlib = Path(sys.base_prefix).resolve() / "lib" / version
+    return stdlib, Path(sys.prefix).resolve() / "lib" / version / "site-packages"
 
 
 def python_tarball(cache: Path) -> Path:
@@ -304,10 +400,10 @@ def python_tarball(cache: Path) -> Path:
 
 
 def _venv_stamp() -> str:
-    """Changes with what the tar would hold: the venv's packages and what is left out."""
-    site = Path(sys.prefix) / "lib"
-    newest = max((p.stat().st_mtime_ns for p in site.glob("python*/site-packages/*")), default=0)
-    recipe = zlib.crc32(repr((TARBALL_SKIP, STDLIB_SKIP, sys.version)).encode())
+    """Changes with what the tar would hold: the venv's packages, where, and what is left out."""
+    site = python_dirs()[1]
+    newest = max((p.stat().st_mtime_ns for p in site.glob("*")), default=0)
+    recipe = zlib.crc32(repr((TARBALL_SKIP, STDLIB_SKIP, sys.version, str(site))).encode())
     return f"{newest:x}-{recipe:08x}"
 
 
@@ -341,9 +437,10 @@ def run(
 
     The command's output streams to the stdout/stderr descriptors (default: ours; the same one
     for both merges them) as it is written. ``python`` unpacks the host's Python into the guest
-    (skip it for a command that runs none). ``visible`` are more host paths the command writes
-    to (throwaway overlays in the guest); the repo always is one. ``started`` is told the VM's
-    process, for a caller that may have to kill it from another thread (:func:`kill`).
+    (skip it for a command that runs none). ``visible`` are more host directories the command
+    needs (exposed writable in the guest, the writes thrown away); the repo, the venv, the cache
+    and cwd always are. ``started`` is told the VM's process, for a caller that may have to kill
+    it from another thread (:func:`kill`).
     A ``workdir`` the caller made (to put more in it, or read more back) is never removed.
     """
     options = options or Options.from_env()
@@ -351,21 +448,22 @@ def run(
     if mode == "native":
         raise ValueError("mode native: run the command directly, not through the VM")
     try:
-        kernel = ensure_kernel(options.cache, say)
+        kernel = ensure_kernel(options.cache, say, options.kernel)
         vng = _vng()
         tarball = python_tarball(options.cache) if python else None
         reference = speed_probe() if python else None
     except Unavailable as err:
-        return Outcome(None, mode, problem=str(err))
+        return Outcome(None, mode, f"Debian {options.kernel}'s kernel", problem=str(err))
     keep = options.keep or workdir is not None
     workdir = workdir or make_workdir(options.workdir_parent)
     out = sys.stdout.fileno() if stdout is None else stdout
     errfd = sys.stderr.fileno() if stderr is None else stderr
-    job_env = dict(env or {})
-    write_job(workdir, argv, cwd or Path.cwd(), job_env, tarball, reference, merged=out == errfd)
-    overlays = [REPO, *visible]
-    command = vng_command(vng, kernel, mode, options.mem, workdir, overlays)
-    say(f"booting Debian's {kernel.version} in QEMU ({mode}) ...")
+    cwd = (cwd or Path.cwd()).absolute()
+    needed = exposed([REPO, *visible, Path(sys.prefix), options.cache, cwd], workdir)
+    job_env = {"REMUS_NETBUF_VM_KERNEL": kernel.suite, **(env or {})}  # what the guest runs on
+    write_job(workdir, argv, cwd, job_env, tarball, reference, out == errfd, needed)
+    command = vng_command(vng, stage_for_vng(workdir, kernel, vng), mode, options.mem, workdir)
+    say(f"booting {kernel.label} in QEMU ({mode}) ...")
     sys.stdout.flush()
     sys.stderr.flush()
     start = time.monotonic()
@@ -377,6 +475,7 @@ def run(
         raise
     outcome = read_back(workdir)
     outcome.mode, outcome.wall, outcome.timed_out = mode, time.monotonic() - start, timed_out
+    outcome.kernel = kernel.label
     if not outcome.booted:
         how = f"timed out after {options.timeout:g} s" if timed_out else "it powered off"
         outcome.problem = f"the VM did not boot ({how}); console: {workdir / 'console.log'}"
@@ -398,16 +497,45 @@ def _vng() -> Path:
     return vng
 
 
-def vng_command(
-    vng: Path, kernel: Kernel, mode: str, mem: str, workdir: Path, overlays: Iterable[Path]
-) -> list[str]:
+def vng_command(vng: Path, vmlinuz: Path, mode: str, mem: str, workdir: Path) -> list[str]:
     """One CPU per VM (the tier runs one VM per host CPU); -v sends the console to stdout."""
-    argv = [str(vng), "-v", "--run", str(kernel.vmlinuz), "--user", "root", "--cpus", "1"]
+    argv = [str(vng), "-v", "--run", str(vmlinuz), "--user", "root", "--cpus", "1"]
     argv += ["--memory", mem, "--name", "remus-netbuf-vm", "--rwdir", str(workdir)]
     if mode == "tcg":
         argv.append("--disable-kvm")
-    argv += [f"--overlay-rwdir={path}" for path in dict.fromkeys(overlays)]
     return [*argv, "--exec", f"bash {shlex.quote(str(workdir / 'init'))}"]
+
+
+def stage_for_vng(workdir: Path, kernel: Kernel, vng: Path) -> Path:
+    """Links in the work dir for what vng puts on the kernel's command line, which splits at
+    spaces and is read before the guest's init can expose hidden paths: ``kernel``, the cached
+    tree (vng boots its vmlinuz and links the guest's /lib/modules/VERSION to its modules
+    there, whatever the host's link says); ``vng/virtme``, the venv's vng's own package, which
+    :func:`_boot` puts first on vng's path (its guest tools are the guest's first init; another
+    vng keeps its own). Returns the vmlinuz.
+    """
+    tree = kernel.modules.parents[2]  # the extracted tree: its lib/modules/VERSION, or usr's
+    if tree.name == "usr":
+        tree = tree.parent
+    (workdir / "kernel").symlink_to(tree.resolve())
+    spec = importlib.util.find_spec("virtme")
+    ours = vng == Path(sys.prefix) / "bin" / "vng"
+    if ours and spec is not None and spec.submodule_search_locations:
+        (workdir / "vng").mkdir()
+        (workdir / "vng" / "virtme").symlink_to(list(spec.submodule_search_locations)[0])
+    return workdir / "kernel" / kernel.vmlinuz.relative_to(tree)
+
+
+def exposed(paths: Iterable[Path], workdir: Path) -> list[Path]:
+    """The host directories the guest's init exposes at their own paths: real paths (the guest
+    follows the same links to them), each once, none inside another (the outer one's overlay
+    has it) and none holding the work dir (an overlay there would hide the way back)."""
+    work = workdir.resolve()
+    kept: list[Path] = []
+    for path in sorted({p.resolve() for p in paths if p.is_dir()}):  # parents first
+        if not work.is_relative_to(path) and not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
 
 
 def make_workdir(parent: Path) -> Path:
@@ -423,17 +551,20 @@ def write_job(
     tarball: Path | None,
     reference: float | None,
     merged: bool = True,
+    expose: Iterable[Path] = (),
 ) -> None:
-    """Write what the guest's init runs: its copy of the init, the command, the environment."""
+    """Write what the guest's init runs: its copy of the init, the command, the environment,
+    the directories to expose (NUL-terminated, as the command: any name survives)."""
     shutil.copyfile(GUEST_INIT, workdir / "init")
     (workdir / "command").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in argv))
+    (workdir / "expose").write_bytes(b"".join(os.fsencode(p) + b"\0" for p in expose))
     values = {
         IN_VM: "1",
         "PATH": os.environ.get("PATH", "") + ":" + SBIN,
         "REMUS_NETBUF_VM_CWD": str(cwd),
         "REMUS_NETBUF_VM_MERGED": "1" if merged else "0",
         "REMUS_NETBUF_VM_TARBALL": str(tarball or ""),
-        "REMUS_NETBUF_VM_PYDIRS": " ".join(str(d) for d in python_dirs()) if tarball else "",
+        "REMUS_NETBUF_VM_PYDIRS": "\n".join(str(d) for d in python_dirs()) if tarball else "",
         "REMUS_NETBUF_VM_REFERENCE": str(reference or ""),
         "REMUS_NETBUF_VM_PYTHON": sys.executable,
         "REMUS_NETBUF_VM_PROBE": SPEED_PROBE,
@@ -462,6 +593,9 @@ def _boot(
     loses nothing already written. Returns whether the timeout struck.
     """
     env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '')}"}
+    if (workdir / "vng").is_dir():  # vng's package through its link: stage_for_vng
+        paths = (str(workdir / "vng"), os.environ.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     done = threading.Event()
     followers = [threading.Thread(target=_follow, args=(workdir / "out", stdout, done))]
     if stdout != stderr:
@@ -585,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.fetch:
         try:
-            print(ensure_kernel(defaults.cache, say).vmlinuz)
+            print(ensure_kernel(defaults.cache, say, defaults.kernel).vmlinuz)
         except Unavailable as err:
             say(str(err))
             return EXIT_VM

@@ -51,6 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: tools/ is on the path, the repo is not
+    sys.path.insert(0, str(REPO))
+
+from tools.privapt import PrivateApt, last_line  # noqa: E402
+
 CACHE = REPO / ".cache" / "e2e"
 BRANCH = "4.17"
 MULTIARCH = "x86_64-linux-gnu"
@@ -241,6 +246,11 @@ def ensure(cache: Path = CACHE, say: Say = lambda _: None, release: str = BRANCH
     return _tree(cache, recorded, timings)
 
 
+def cached(cache: Path = CACHE) -> bool:
+    """Whether everything is in the cache already (:func:`ensure` would only look)."""
+    return _complete(cache, _read_versions(cache))
+
+
 def _complete(cache: Path, recorded: dict[str, object]) -> bool:
     return (
         bool(recorded.get("version"))
@@ -335,32 +345,13 @@ def recipe_key(version: str) -> str:
 # --- apt, privately --------------------------------------------------------------------------
 
 
-class Apt:
-    """apt-get and apt-cache with their own sources, lists and archives under ``state``."""
+class Apt(PrivateApt):
+    """The private apt state of the Xen packages (bookworm, its updates and security)."""
+
+    error = XenPkgError
 
     def __init__(self, state: Path, sources: str = SOURCES) -> None:
-        self.state = state
-        for sub in ("etc", "lists/partial", "archives/partial"):
-            (state / sub).mkdir(parents=True, exist_ok=True)
-        (state / "etc" / "xen.sources").write_text(sources)
-        self.options = [
-            "-o", "Dir::Etc::sourcelist=/dev/null",
-            "-o", f"Dir::Etc::sourceparts={state / 'etc'}",
-            "-o", f"Dir::State::Lists={state / 'lists'}",
-            "-o", f"Dir::Cache::Archives={state / 'archives'}",
-            "-o", f"Dir::Cache::pkgcache={state / 'pkgcache.bin'}",
-            "-o", f"Dir::Cache::srcpkgcache={state / 'srcpkgcache.bin'}",
-            "-o", "APT::Sandbox::User=root",  # writes into the cache as the caller
-        ]  # fmt: skip
-
-    def update(self) -> None:
-        self.run("apt-get", "update", "-qq")
-
-    def run(self, tool: str, *args: str, cwd: Path | None = None, check: bool = True) -> str:
-        done = subprocess.run([tool, *self.options, *args], cwd=cwd, capture_output=True, text=True)
-        if check and done.returncode != 0:
-            raise XenPkgError(f"{tool} {' '.join(args)} failed: {_last(done.stderr)}")
-        return done.stdout if done.returncode == 0 else ""
+        super().__init__(state, sources, "xen.sources")
 
 
 def choose_version(
@@ -400,7 +391,7 @@ def _fetch_error(stderr: str) -> str:
             url, reason = line.removeprefix("E: Failed to fetch ").split("  ", 1)
             name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
             return f"{name}: {' '.join(reason.split('[IP:')[0].split())}"
-    return _last(stderr)
+    return last_line(stderr)
 
 
 def _skipped(skipped: dict[str, str]) -> str:
@@ -516,7 +507,7 @@ def check_loads(cache: Path, say: Say) -> None:
         done = subprocess.run(["ldd", str(elf)], capture_output=True, text=True, env=env)
         lost = [line.strip() for line in done.stdout.splitlines() if "not found" in line]
         if done.returncode != 0 or lost:
-            raise XenPkgError(f"{elf} does not load in dom0: {lost or _last(done.stderr)}")
+            raise XenPkgError(f"{elf} does not load in dom0: {lost or last_line(done.stderr)}")
     absent = [
         cmd
         for cmd in SCRIPT_COMMANDS
@@ -580,11 +571,6 @@ def _run(
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
         raise XenPkgError(f"{what} failed (exit {done.returncode}):\n{tail}")
-
-
-def _last(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
