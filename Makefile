@@ -30,9 +30,10 @@ test-py-%: deps
 
 # The real-Xen tier: Debian's Xen 4.17 + a Debian dom0 in QEMU, xl remus running our script
 # through real libxl, real xenstored and netback (docs/real-xen-tier.md). Fetches and
-# builds what it needs into .cache/e2e once.
+# builds what it needs into .cache/e2e once. XEN=4.20: trixie's Xen 4.20 and a trixie dom0 (its
+# own root, kernel and Python 3.13), cached in .cache/e2e/4.20.
 e2e: deps
-	$(PY) -m tools.e2e
+	$(PY) -m tools.e2e $(if $(XEN),--xen $(XEN))
 
 # Every stack our users run (kernels 6.1/6.12/7.2, Pythons 3.11/3.13/3.14, Xen 4.17/4.20), each
 # tier on it, then one table (tools/matrix.py; each part's log in .cache/matrix).

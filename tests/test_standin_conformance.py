@@ -680,7 +680,10 @@ def test_wire_watch_acks_then_fires_and_rejects_duplicates(
     assert conn.events == [rel + b"/x\0t2\0"]  # its own change: the event came before the ack
     assert conn.call(5, w + b"\0nope\0") == (16, b"ENOENT\0")
     assert conn.call(4, b"/bad//path\0t\0") == (16, b"EINVAL\0")  # check_watch_path()
-    assert conn.call(5, b"/bad//path\0t\0") == (16, b"ENOENT\0")  # do_unwatch() checks none
+    # do_unwatch() checked no path up to Xen 4.17: ENOENT, no such watch (the stand-in's answer);
+    # from 4.18 its canonicalize() rejects the path first (Xen commit f174147e63): EINVAL
+    unwatch = {(16, b"ENOENT\0"), (16, b"EINVAL\0")} if REAL else {(16, b"ENOENT\0")}
+    assert conn.call(5, b"/bad//path\0t\0") in unwatch
     assert conn.call(4, w + b"\0") == (16, b"EINVAL\0")  # no token
     assert conn.call(21, b"") == (21, b"OK\0")  # RESET_WATCHES
     assert conn.call(5, w + b"\0tok\0") == (16, b"ENOENT\0")

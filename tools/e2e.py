@@ -13,20 +13,22 @@ scenarios (tools/e2e_dom0.py). Guests are PVH (Remus needs log-dirty; Debian's X
 shadow paging for PV), booting the same kernel with a busybox initramfs that streams UDP to
 dom0 (tools/e2e_guest.sh, tools/e2e_udp.c).
 
-    python -m tools.e2e [--timeout S] [--keep] [--only NAME,...]
+    python -m tools.e2e [--xen 4.17|4.20] [--timeout S] [--keep] [--only NAME,...]
+
+--xen 4.20 boots trixie's Xen 4.20 instead, with trixie's kernel as dom0's and a trixie root
+(tools/xenroot.py) as dom0's whole root, the checkout bound in from the host.
 
 exits 0 when every scenario passed, 1 when one failed, 2 when the tier could not run.
 Settings: REMUS_NETBUF_VM (auto|kvm|tcg, as the kernel tier), REMUS_NETBUF_E2E_TIMEOUT,
-REMUS_NETBUF_E2E_KEEP=1, REMUS_NETBUF_E2E_ONLY, REMUS_NETBUF_E2E_CPU (TCG's -cpu, default
-TCG_CPU below: max without XSAVE). The cache is .cache/e2e (and .cache/vm).
+REMUS_NETBUF_E2E_KEEP=1, REMUS_NETBUF_E2E_ONLY, REMUS_NETBUF_E2E_XEN, REMUS_NETBUF_E2E_CPU
+(TCG's -cpu, default TCG_CPU below: max without XSAVE). The cache is .cache/e2e (4.20's:
+.cache/e2e/4.20; and .cache/vm).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
-import hashlib
 import json
 import os
 import shlex
@@ -39,32 +41,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools import vm, xenpkg
+from tools import e2e_images, vm, xenpkg
+from tools.e2e_images import DOM0_INIT, GUEST_INIT
 
 REPO = vm.REPO
 CACHE = REPO / ".cache" / "e2e"
 TOOLS = REPO / "tools"
-DOM0_INIT = TOOLS / "e2e_init.sh"
 DOM0_STAGE = TOOLS / "e2e_dom0.sh"
-GUEST_INIT = TOOLS / "e2e_guest.sh"
-UDP_SOURCE = TOOLS / "e2e_udp.c"
-BUSYBOX = Path("/bin/busybox")
-DOM0_MODULES = (
-    "kernel/fs/netfs/netfs.ko",
-    "kernel/fs/fscache/fscache.ko",
-    "kernel/net/9p/9pnet.ko",
-    "kernel/fs/9p/9p.ko",
-    "kernel/drivers/virtio/virtio.ko",
-    "kernel/drivers/virtio/virtio_ring.ko",
-    "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
-    "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
-    "kernel/drivers/virtio/virtio_pci.ko",
-    "kernel/net/9p/9pnet_virtio.ko",
-    "kernel/fs/overlayfs/overlay.ko",
-)
-GUEST_MODULES = ("kernel/drivers/net/xen-netfront.ko",)
-DOM0_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "echo", "sleep", "ls")
-GUEST_APPLETS = ("sh", "mount", "insmod", "cat", "echo", "sleep", "ls", "ip")
 # Xen under TCG: smap/smep off (else dom0 dies ~6 s in, #PF in create_bounce_frame).
 XEN_ARGS = (
     "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus={vcpus} loglvl=all "
@@ -90,7 +73,8 @@ TIMEOUT = 900.0
 class Parts:
     """Everything one boot needs, all under the caches."""
 
-    kernel: vm.Kernel
+    kernel: vm.Kernel  # the guests' (and 4.17's dom0's): bookworm's, the kernel tier's
+    dom0_kernel: vm.Kernel  # 4.20's: the trixie root's own
     xen: xenpkg.XenTree
     netbuf_tree: Path  # the rebuilt libxenlight, xl, libxl-save-helper at their dom0 paths
     dom0_initrd: Path
@@ -98,22 +82,31 @@ class Parts:
     tarball: Path
 
 
-def prepare(say: Callable[[str], None]) -> Parts:
+def prepare(say: Callable[[str], None], release: str = xenpkg.BRANCH) -> Parts:
     """Fetch and build what is missing (cached), and say how long each step took."""
     timed = Stopwatch(say)
+    images = e2e_images
     with timed("kernel"):
         kernel = vm.ensure_kernel(vm.Options().cache, say)
     with timed("Xen packages and the netbuf-enabled libxenlight"):
-        xen = xenpkg.ensure(CACHE, say)
+        xen = xenpkg.ensure(xenpkg.cache_for(release), say, release)
     with timed("initramfs images"):
-        fit_to_host(xen.root)
-        netbuf_tree = _netbuf_tree(xen)
-        dom0 = _initrd("dom0", kernel, DOM0_INIT, DOM0_MODULES, DOM0_APPLETS, {})
-        udp = _udp_sender()
-        guest = _initrd("guest", kernel, GUEST_INIT, GUEST_MODULES, GUEST_APPLETS, {"e2e_udp": udp})
+        if xen.own_root and xen.kernel and xen.modules:
+            dom0_kernel = vm.Kernel(xen.modules.name, xen.kernel, xen.modules)
+            modules: Sequence[str] = images.dom0_modules(xen.modules)
+            dom0_name = f"dom0-{release}"
+        else:
+            images.fit_to_host(xen.root)
+            dom0_kernel, modules, dom0_name = kernel, images.DOM0_MODULES, "dom0"
+        netbuf_tree = images.netbuf_tree(xen)
+        dom0 = images.initrd(dom0_name, dom0_kernel, DOM0_INIT, modules, images.DOM0_APPLETS, {})
+        udp = {"e2e_udp": images.udp_sender()}
+        guest = images.initrd(
+            "guest", kernel, GUEST_INIT, images.GUEST_MODULES, images.GUEST_APPLETS, udp
+        )
     with timed("python tarball"):
-        tarball = vm.python_tarball(vm.Options().cache)
-    return Parts(kernel, xen, netbuf_tree, dom0, guest, tarball)
+        tarball = xen.pytar or vm.python_tarball(vm.Options().cache)
+    return Parts(kernel, dom0_kernel, xen, netbuf_tree, dom0, guest, tarball)
 
 
 class Stopwatch:
@@ -127,116 +120,6 @@ class Stopwatch:
         yield
         self.figures[what] = took = time.monotonic() - start
         self.say(f"{what}: {took:.1f} s")
-
-
-def _digest(*parts: bytes | str | Path) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Path):
-            part = part.read_bytes()
-        h.update(part.encode() if isinstance(part, str) else part)
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def fit_to_host(tree: Path) -> None:
-    """Move what the tree has under a directory that is a symlink on this host (/lib, /bin,
-    /sbin on a merged-/usr Debian; /var/run) to where the link points: in dom0's overlay a
-    directory in a higher layer would hide the host's link, and /bin/bash with it."""
-    for path in sorted(tree.rglob("*"), key=lambda p: len(p.parts)):
-        if not path.is_dir() or path.is_symlink():
-            continue
-        host = Path("/") / path.relative_to(tree)
-        if not host.is_symlink():
-            continue
-        _merge(path, tree / host.resolve().relative_to("/"))
-        fit_to_host(tree)
-        return
-
-
-def _merge(source: Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    for child in source.iterdir():
-        if child.is_dir() and not child.is_symlink() and (target / child.name).is_dir():
-            _merge(child, target / child.name)
-        else:
-            child.rename(target / child.name)
-    source.rmdir()
-
-
-def _netbuf_tree(xen: xenpkg.XenTree) -> Path:
-    """The netbuf build's files at their dom0 paths (dom0's top read-only layer)."""
-    stamps = (
-        f"{where} {file.stat().st_mtime_ns}" for where, file in sorted(xen.netbuf_files.items())
-    )
-    key = _digest("0644 for .so, else 0755", *stamps)
-    tree = CACHE / f"netbuf-tree-{key}"
-    if not tree.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=CACHE))
-        for where, file in xen.netbuf_files.items():
-            target = tmp / where.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, target)
-            target.chmod(0o644 if ".so" in target.name else 0o755)
-        tmp.chmod(0o755)
-        for old in CACHE.glob("netbuf-tree-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(tree)
-    return tree
-
-
-def _udp_sender() -> Path:
-    binary = CACHE / f"e2e_udp-{_digest(UDP_SOURCE)}"
-    if not binary.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = binary.with_suffix(f".{os.getpid()}")
-        vm._check(["gcc", "-static", "-O2", "-Wall", "-o", str(tmp), str(UDP_SOURCE)], "gcc")
-        tmp.replace(binary)
-    return binary
-
-
-def _initrd(
-    name: str,
-    kernel: vm.Kernel,
-    init: Path,
-    modules: Sequence[str],
-    applets: Sequence[str],
-    binaries: dict[str, Path],
-) -> Path:
-    """A gzip'ed newc cpio: busybox with its applets, the modules in /mods, init as /init."""
-    key = _digest(kernel.version, init, *modules, *applets, *binaries.values(), BUSYBOX)
-    image = CACHE / f"{name}-initrd-{key}.cpio.gz"
-    if image.exists():
-        return image
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        root = Path(tmp) / "root"
-        for sub in ("bin", "proc", "sys", "dev", "mods", "newroot"):
-            (root / sub).mkdir(parents=True)
-        shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-        for applet in applets:
-            (root / "bin" / applet).symlink_to("busybox")
-        for module in modules:
-            shutil.copy2(kernel.modules / module, root / "mods" / Path(module).name)
-        for binary_name, binary in binaries.items():
-            shutil.copy2(binary, root / "bin" / binary_name)
-        shutil.copy2(init, root / "init")
-        (root / "init").chmod(0o755)
-        names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-        cpio = subprocess.run(
-            [str(BUSYBOX), "cpio", "-o", "-H", "newc"],
-            cwd=root,
-            input="\n".join([".", *names]).encode(),
-            capture_output=True,
-            check=True,
-        )
-        tmp_image = Path(tmp) / "image"
-        tmp_image.write_bytes(gzip.compress(cpio.stdout, compresslevel=1))
-        for old in CACHE.glob(f"{name}-initrd-*.cpio.gz"):
-            old.unlink()
-        tmp_image.replace(image)
-    return image
 
 
 # --- one boot -------------------------------------------------------------------------------
@@ -271,21 +154,32 @@ def qemu_command(parts: Parts, workdir: Path, mode: str) -> list[str]:
         argv += ["-fsdev", f"local,id={tag},path={path},security_model=none{ro},multidevs=remap"]
         argv += ["-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
     dom0_args = f"{DOM0_ARGS} e2e_stage={DOM0_STAGE}"
-    for path in (parts.kernel.vmlinuz, parts.dom0_initrd, DOM0_STAGE):
+    if parts.xen.own_root:
+        dom0_args += f" e2e_root=own e2e_repo={REPO}"
+    for path in (parts.dom0_kernel.vmlinuz, parts.dom0_initrd, DOM0_STAGE, REPO):
         if "," in str(path) or " " in str(path):
             raise vm.Unavailable(f"{path}: QEMU's multiboot module list cannot take ',' or ' '")
     argv += ["-kernel", str(parts.xen.hypervisor), "-append", XEN_ARGS.format(vcpus=vcpus)]
-    argv += ["-initrd", f"{parts.kernel.vmlinuz} {dom0_args},{parts.dom0_initrd}"]
+    argv += ["-initrd", f"{parts.dom0_kernel.vmlinuz} {dom0_args},{parts.dom0_initrd}"]
     return argv
 
 
 def write_env(parts: Parts, workdir: Path, only: Sequence[str]) -> None:
-    python = REPO / ".venv" / "bin" / "python"
+    python = parts.xen.python or str(REPO / ".venv" / "bin" / "python")
+    pydirs: tuple[Path, ...] = vm.python_dirs()
+    if parts.xen.python:  # the own root's standard library (its tarball holds only that)
+        pydirs = (Path("/usr/lib") / f"python{_root_python(parts.xen.root)}",)
     values = {
         "E2E_REPO": str(REPO),
-        "E2E_PYTHON": str(python),
+        "E2E_PYTHON": python,
+        # our product from the checkout, under the root's python3 (no venv of the host's)
+        "E2E_CHECKOUT": "1" if parts.xen.python else "",
+        "E2E_TEST_PYTHON": f"{xenroot_venv()}/bin/python" if parts.xen.python else python,
+        "E2E_XEN_BRANCH": parts.xen.branch,
+        "E2E_NETBUF_MISSING": parts.xen.netbuf_missing,
+        "E2E_NETBUF_NOTE": parts.xen.netbuf_note,
         "E2E_TARBALL": str(parts.tarball),
-        "E2E_PYDIRS": " ".join(str(d) for d in vm.python_dirs()),
+        "E2E_PYDIRS": " ".join(str(d) for d in pydirs),
         "E2E_GUEST_KERNEL": str(parts.kernel.vmlinuz),
         "E2E_GUEST_INITRD": str(parts.guest_initrd),
         "E2E_XEN_VERSION": parts.xen.version,
@@ -294,6 +188,18 @@ def write_env(parts: Parts, workdir: Path, only: Sequence[str]) -> None:
     (workdir / "env").write_text(
         "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
     )
+
+
+def _root_python(root: Path) -> str:
+    """X.Y of the root's python3 (usr/lib/pythonX.Y)."""
+    found = sorted(p.name for p in (root / "usr" / "lib").glob("python3.[0-9]*"))
+    return found[-1].removeprefix("python") if found else "3"
+
+
+def xenroot_venv() -> str:
+    from tools import xenroot
+
+    return xenroot.VENV
 
 
 def boot(
@@ -393,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keep", action="store_true", default=env.get("REMUS_NETBUF_E2E_KEEP") == "1"
     )
     parser.add_argument(
+        "--xen",
+        choices=xenpkg.RELEASES,
+        default=env.get("REMUS_NETBUF_E2E_XEN") or xenpkg.BRANCH,
+        help=f"Xen and dom0's Debian: 4.17 bookworm, 4.20 trixie (default {xenpkg.BRANCH})",
+    )
+    parser.add_argument(
         "--only",
         default=env.get("REMUS_NETBUF_E2E_ONLY", ""),
         help="comma-separated scenario names (default: all)",
@@ -405,19 +317,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"e2e [{time.monotonic() - start:6.1f}s] {line}", flush=True)
 
     try:
-        parts = prepare(say)
+        parts = prepare(say, args.xen)
         mode = accel(say)
     except (vm.Unavailable, xenpkg.XenPkgError) as err:
         say(f"cannot run: {err}")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="remus-netbuf-e2e-", dir="/tmp"))
     write_env(parts, workdir, [n for n in args.only.split(",") if n])
-    say(f"booting Xen {parts.xen.version} + dom0 {parts.kernel.version} in QEMU ({mode})")
+    say(f"booting Xen {parts.xen.version} + dom0 {parts.dom0_kernel.version} in QEMU ({mode})")
+    if parts.xen.netbuf_missing:
+        missing = parts.xen.netbuf_missing
+        say(f"no netbuf libxenlight (Debian's has no network buffering): {missing}")
+    if parts.xen.netbuf_note:
+        say(f"NOTE: {parts.xen.netbuf_note}")
     say(f"work dir {workdir}")
     timed_out = boot(parts, workdir, mode, args.timeout, say)
     if timed_out:
         say(f"timed out after {args.timeout:g} s")
     rc = report(workdir, say) or (1 if timed_out else 0)
+    if parts.xen.netbuf_note:
+        say(f"NOTE: {parts.xen.netbuf_note}")
     say(f"make e2e: {'passed' if rc == 0 else 'FAILED'} in {time.monotonic() - start:.0f} s")
     if rc == 0 and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)

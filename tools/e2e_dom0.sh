@@ -1,7 +1,8 @@
 #!/bin/bash
 # PID 1 of the e2e tier's Xen dom0 (tools/e2e.py boots it; e2e_init.sh switches root to it).
 # Brings up what a Debian Xen dom0 runs (xenfs, the C xenstored, xen-init-dom0, xenconsoled),
-# then the scenarios (tools/e2e_dom0.py, with the repo's venv), then powers off. The work dir is
+# then the scenarios (tools/e2e_dom0.py, with the repo's venv, or with the root's python3 where
+# dom0's root is a suite of its own: Xen 4.20's trixie), then powers off. The work dir is
 # /e2e: the host passes its settings in /e2e/env and reads back stage.log, timeline, results.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 W=/e2e
@@ -37,7 +38,8 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 hostname dom0
 say "dom0 up: kernel $(uname -r), $(cat /sys/hypervisor/type 2>/dev/null) $(cat /sys/hypervisor/version/major 2>/dev/null).$(cat /sys/hypervisor/version/minor 2>/dev/null)"
-# The host's Python, unpacked into RAM and bound over its own paths: cold imports over 9p are
+XEN=/usr/lib/xen-${E2E_XEN_BRANCH:-4.17}/bin
+# The host's Python (or the own root's standard library), unpacked into RAM and bound over its own paths: cold imports over 9p are
 # what makes a hotplug script overrun libxl's 40 s in TCG.
 if [ -n "${E2E_TARBALL:-}" ]; then
     mkdir -p /run/pyroot
@@ -52,13 +54,13 @@ for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback bridge
 done
 mount -t xenfs xenfs /proc/xen
 ip link set lo up
-/usr/lib/xen-4.17/bin/xenstored --pid-file /run/xen/xenstored.pid >>"$LOG" 2>&1
+$XEN/xenstored --pid-file /run/xen/xenstored.pid >>"$LOG" 2>&1
 for _ in $(seq 1 120); do xenstore-read -s / >/dev/null 2>&1 && break; sleep 0.5; done
-/usr/lib/xen-4.17/bin/xen-init-dom0 >>"$LOG" 2>&1 || say "xen-init-dom0 failed"
-/usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir="$W" >>"$LOG" 2>&1
+$XEN/xen-init-dom0 >>"$LOG" 2>&1 || say "xen-init-dom0 failed"
+$XEN/xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir="$W" >>"$LOG" 2>&1
 mark xen
 say "xenstored, xen-init-dom0, xenconsoled started"
-cd "$E2E_REPO" && "$E2E_PYTHON" -X faulthandler tools/e2e_dom0.py >>"$LOG" 2>&1
+cd "$E2E_REPO" && "$E2E_PYTHON" -X faulthandler -m tools.e2e_dom0 >>"$LOG" 2>&1
 echo $? >"$W/rc"
 [ -f "$W/interactive" ] && setsid sh -c 'exec bash </dev/hvc0 >/dev/hvc0 2>&1'
 finish

@@ -4,16 +4,22 @@
 # 1-2 s under TCG and Xen's hotplug scripts then overrun libxl's 40 s), under the Xen userland
 # tree (9p tag xenroot) and, above it, the netbuf-enabled libxenlight (tag netbuf), with a tmpfs
 # on top; the work dir (tag work, read-write) at /e2e. Then PID 1 is e2e_stage=... (bash).
+# With e2e_root=own (Xen 4.20), xenroot is a whole root (trixie's): the host's / is no layer,
+# only the checkout (e2e_repo=DIR) is bound in from it, at its own path. Either way the Xen
+# tree is also bound at /mnt/e2e-xen, where dom0 finds Debian's libxenlight under ours.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for arg in $(cat /proc/cmdline); do
-    case $arg in e2e_stage=*) stage=${arg#e2e_stage=} ;; esac
+    case $arg in
+    e2e_stage=*) stage=${arg#e2e_stage=} ;;
+    e2e_root=*) own=${arg#e2e_root=} ;;
+    e2e_repo=*) repo=${arg#e2e_repo=} ;;
+    esac
 done
 echo "E2E: initramfs up $(cat /proc/uptime)"
-for m in netfs fscache 9pnet 9p virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev \
-    virtio_pci 9pnet_virtio overlay; do
+for m in $(cat /mods/order); do
     insmod /mods/$m.ko || echo "E2E: insmod $m failed"
 done
 fail() { echo "E2E: $*"; echo o >/proc/sysrq-trigger; sleep 1000; }
@@ -25,8 +31,16 @@ mount -t 9p -o $opts,ro,cache=loose xenroot /layers/xen || fail "9p xenroot moun
 mount -t 9p -o $opts,ro,cache=loose netbuf /layers/netbuf || fail "9p netbuf mount failed"
 mount -t tmpfs -o size=768m tmpfs /rw
 mkdir -p /rw/upper /rw/work
-mount -t overlay -o lowerdir=/layers/netbuf:/layers/xen:/layers/host,upperdir=/rw/upper,workdir=/rw/work \
+lower=/layers/netbuf:/layers/xen:/layers/host
+[ "$own" = own ] && lower=/layers/netbuf:/layers/xen
+mount -t overlay -o lowerdir=$lower,upperdir=/rw/upper,workdir=/rw/work \
     overlay /newroot || fail "overlay mount failed"
+if [ "$own" = own ]; then
+    mkdir -p "/newroot$repo"
+    mount --bind "/layers/host$repo" "/newroot$repo" || fail "bind $repo failed"
+fi
+mkdir -p /newroot/mnt/e2e-xen
+mount --bind /layers/xen /newroot/mnt/e2e-xen
 mkdir -p /newroot/e2e
 mount -t 9p -o $opts,cache=none work /newroot/e2e || fail "9p work mount failed"
 mount --move /proc /newroot/proc

@@ -23,7 +23,9 @@ The host's libxenstore4 may differ: in dom0 the tree's own libxenstore (of V) sh
 The build installs what it needs on the host with apt-get, only what is missing: this machine
 is the build environment (as tools/ensure-deps installs QEMU for the kernel tier).
 
-    python tools/xenpkg.py [--cache DIR]
+    python tools/xenpkg.py [--xen 4.17|4.20] [--cache DIR]
+
+(--xen 4.20: trixie's Xen, in a debootstrapped root of its own, :mod:`tools.xenroot`.)
 
 prints what it did (and the wall times of download and build); a second run finds everything
 cached and does nothing.
@@ -141,33 +143,43 @@ BUILD_DEPS = {
     "liblzma-dev": "/usr/include/lzma.h",
     "libnl-route-3-dev": "/usr/include/libnl3/netlink/route/qdisc/plug.h",
 }
-# Debian's own configure line (debian/rules), less what a libxl build does not need.
-CONFIGURE = (
-    "./configure", "--disable-stubdom", "--prefix=/usr", "--includedir=/usr/include",
-    f"--libdir=/usr/lib/{MULTIARCH}", f"--with-libexec-libdir-suffix=/{MULTIARCH}",
-    "--sysconfdir=/etc", "--localstatedir=/var", f"--with-libexec-leaf-dir=xen-{BRANCH}",
-    "--disable-qemu-traditional", "--disable-rombios",
-    "--with-system-qemu=/usr/libexec/xen-qemu-system-i386", "--disable-ocamltools",
-    "--disable-docs", "--disable-seabios", "--disable-ipxe", "--disable-pvshim",
-    "--disable-xsmpolicy", "--disable-golang",
-)  # fmt: skip
+
+
+def configure_line(branch: str) -> tuple[str, ...]:
+    """Debian's own configure line (debian/rules), less what a libxl build does not need."""
+    return (
+        "./configure", "--disable-stubdom", "--prefix=/usr", "--includedir=/usr/include",
+        f"--libdir=/usr/lib/{MULTIARCH}", f"--with-libexec-libdir-suffix=/{MULTIARCH}",
+        "--sysconfdir=/etc", "--localstatedir=/var", f"--with-libexec-leaf-dir=xen-{branch}",
+        "--disable-qemu-traditional", "--disable-rombios",
+        "--with-system-qemu=/usr/libexec/xen-qemu-system-i386", "--disable-ocamltools",
+        "--disable-docs", "--disable-seabios", "--disable-ipxe", "--disable-pvshim",
+        "--disable-xsmpolicy", "--disable-golang",
+    )  # fmt: skip
+
+
+def netbuf_map(branch: str) -> dict[str, tuple[str, str]]:
+    """What the build yields: build tree path -> (name in netbuf/, where it goes in dom0)."""
+    return {
+        f"tools/libs/light/libxenlight.so.{branch}.0": (
+            f"libxenlight.so.{branch}.0",
+            f"/usr/lib/{MULTIARCH}/libxenlight.so.{branch}.0",
+        ),
+        "tools/xl/xl": ("xl", f"/usr/lib/xen-{branch}/bin/xl"),
+        "tools/libs/light/libxl-save-helper": (
+            "libxl-save-helper",
+            f"/usr/lib/xen-{branch}/bin/libxl-save-helper",
+        ),
+        "tools/hotplug/Linux/remus-netbuf-setup": (
+            "remus-netbuf-setup",
+            "/etc/xen/scripts/remus-netbuf-setup",
+        ),
+    }
+
+
+CONFIGURE = configure_line(BRANCH)
 MAKE_DIRS = ("tools/include", "tools/libs", "tools/xl")
-# What the build yields: build tree path -> (name in netbuf/, where it goes in dom0).
-NETBUF = {
-    f"tools/libs/light/libxenlight.so.{BRANCH}.0": (
-        f"libxenlight.so.{BRANCH}.0",
-        f"/usr/lib/{MULTIARCH}/libxenlight.so.{BRANCH}.0",
-    ),
-    "tools/xl/xl": ("xl", f"/usr/lib/xen-{BRANCH}/bin/xl"),
-    "tools/libs/light/libxl-save-helper": (
-        "libxl-save-helper",
-        f"/usr/lib/xen-{BRANCH}/bin/libxl-save-helper",
-    ),
-    "tools/hotplug/Linux/remus-netbuf-setup": (
-        "remus-netbuf-setup",
-        "/etc/xen/scripts/remus-netbuf-setup",
-    ),
-}
+NETBUF = netbuf_map(BRANCH)
 RECIPE = json.dumps([BUILD_DEPS, CONFIGURE, MAKE_DIRS, sorted(NETBUF), "autogen,config.sub"])
 BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # no pyenv shims
 
@@ -190,13 +202,37 @@ class XenTree:
     packages: dict[str, str]  # every package in root/ -> its version
     versions: Path  # versions.json
     timings: dict[str, float] = field(default_factory=dict)  # this run's wall times (s)
+    branch: str = BRANCH
+    # Xen 4.20 (tools/xenroot.py): root/ is a whole Debian root, dom0's / itself (not a layer
+    # over the host's), with dom0's kernel, its modules and the Python that runs our checkout.
+    own_root: bool = False
+    kernel: Path | None = None  # dom0's vmlinuz (None: the kernel tier's, tools/vm.py)
+    modules: Path | None = None  # its /usr/lib/modules/VERSION
+    python: str = ""  # the root's python3 in dom0 ("": the host's venv)
+    pytar: Path | None = None  # the root's standard library, unpacked into RAM in dom0
+    netbuf_missing: str = ""  # why there is no netbuf build (its source could not be fetched)
+    netbuf_note: str = ""  # what the netbuf build is when not V's own (a stand-in source)
 
 
 Say = Callable[[str], None]
 
 
-def ensure(cache: Path = CACHE, say: Say = lambda _: None) -> XenTree:
+RELEASES = ("4.17", "4.20")  # 4.17: bookworm's, over the host's /; 4.20: trixie's own root
+
+
+def cache_for(release: str) -> Path:
+    """4.17 keeps the cache's top level (the tests read .cache/e2e/root and netbuf/)."""
+    return CACHE if release == BRANCH else CACHE / release
+
+
+def ensure(cache: Path = CACHE, say: Say = lambda _: None, release: str = BRANCH) -> XenTree:
     """Everything in the cache, fetched and built only what is missing (idempotent)."""
+    if release not in RELEASES:
+        raise XenPkgError(f"Xen {release}: not one of {', '.join(RELEASES)}")
+    if release != BRANCH:
+        from tools import xenroot  # trixie's Xen: a debootstrapped root, built inside it
+
+        return xenroot.ensure(cache, say)
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one maker at a time (make e2e and a test run, say)
@@ -314,17 +350,20 @@ class Apt(PrivateApt):
 
     error = XenPkgError
 
-    def __init__(self, state: Path) -> None:
-        super().__init__(state, SOURCES, "xen.sources")
+    def __init__(self, state: Path, sources: str = SOURCES) -> None:
+        super().__init__(state, sources, "xen.sources")
 
 
-def choose_version(apt: Apt, src: Path, say: Say) -> tuple[str, dict[str, str]]:
-    """The newest 4.17 with binaries and source both downloadable; its source is fetched into
-    ``src`` (once: the build extracts it from there). Returns V and why newer ones were not."""
-    binaries = set(_versions(apt.run("apt-cache", "madison", f"xen-utils-{BRANCH}")))
+def choose_version(
+    apt: Apt, src: Path, say: Say, branch: str = BRANCH
+) -> tuple[str, dict[str, str]]:
+    """The newest Xen of ``branch`` with binaries and source both downloadable; its source is
+    fetched into ``src`` (once: the build extracts it from there). Returns V and why newer ones
+    were not."""
+    binaries = set(_versions(apt.run("apt-cache", "madison", f"xen-utils-{branch}")))
     sources = _versions(apt.run("apt-cache", "showsrc", "--only-source", "xen"), "Version:")
     candidates = sorted(
-        (v for v in set(sources) & binaries if v.startswith(BRANCH + ".")),
+        (v for v in set(sources) & binaries if v.startswith(branch + ".")),
         key=functools.cmp_to_key(_compare),
         reverse=True,
     )
@@ -342,7 +381,7 @@ def choose_version(apt: Apt, src: Path, say: Say) -> tuple[str, dict[str, str]]:
             return version, skipped
         skipped[version] = _fetch_error(done.stderr)
         say(f"Xen {version}: source not downloadable ({skipped[version]})")
-    raise XenPkgError(f"no Xen {BRANCH} with binaries and source both downloadable: {skipped}")
+    raise XenPkgError(f"no Xen {branch} with binaries and source both downloadable: {skipped}")
 
 
 def _fetch_error(stderr: str) -> str:
@@ -536,7 +575,8 @@ def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=CACHE, help=f"default {CACHE}")
+    parser.add_argument("--xen", choices=RELEASES, default=BRANCH, help=f"default {BRANCH}")
+    parser.add_argument("--cache", type=Path, help=f"default {CACHE} (4.20: {CACHE}/4.20)")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -544,12 +584,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xenpkg [{time.monotonic() - started:6.1f}s] {line}", flush=True)
 
     try:
-        tree = ensure(args.cache, say)
+        tree = ensure(args.cache or cache_for(args.xen), say, args.xen)
     except XenPkgError as err:
         print(f"xenpkg: {err}", file=sys.stderr)
         return 1
     host = tree.host_libxenstore or "not installed"
-    say(f"Xen {tree.version}: debs and source agree; host libxenstore4 {host}")
+    if tree.netbuf_note:
+        say(f"NOTE: {tree.netbuf_note}")
+    if tree.netbuf_missing:
+        say(f"Xen {tree.version}: no netbuf build, its source is missing: {tree.netbuf_missing}")
+    elif tree.own_root and not tree.netbuf_note:
+        say(f"Xen {tree.version}: the root's packages and the source agree")
+    else:
+        say(f"Xen {tree.version}: debs and source agree; host libxenstore4 {host}")
     if tree.host_libxenstore and tree.host_libxenstore != tree.version:
         say(f"  in dom0 the tree's libxenstore {tree.version} shadows the host's {host}")
     say(f"hypervisor {tree.hypervisor}; tree {tree.root}; netbuf {tree.netbuf}")
@@ -560,4 +607,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # --xen 4.20 imports tools.xenroot
     sys.exit(main())
