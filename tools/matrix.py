@@ -10,6 +10,8 @@ time. Exit 0 only when every part passed.
 
     python -m tools.matrix [--only PART,...] [--list]
 
+Every part runs but those marked optional (``--list`` says which), which run only when named.
+
 ``REMUS_NETBUF_MATRIX_ONLY`` does what ``--only`` does.
 """
 
@@ -47,6 +49,7 @@ class Part:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     count: Callable[[str], dict[str, int]] = field(default=lambda text: pytest_counts(text))
+    default: bool = True  # run without --only
 
 
 @dataclass
@@ -151,10 +154,20 @@ def parts() -> list[Part]:
                 [PY, "-m", "tools.pyroot", "--suite", suite],
             )
         )
-    for xen, suite in (("4.17", "bookworm"), ("4.20", "trixie")):
-        found.append(
-            Part(f"e2e-{xen}", suite, "real Xen", ["make", "e2e", f"XEN={xen}"], count=e2e_counts)
+    found.append(Part("e2e-4.17", "bookworm", "real Xen", ["make", "e2e"], count=e2e_counts))
+    # Not by default: Debian's mirror here serves no source of trixie's Xen, so 4.20's
+    # libxenlight cannot be built with network buffering (docs/real-xen-tier.md), and without
+    # it every Remus scenario fails in libxl. --only e2e-4.20 runs it where it can be built.
+    found.append(
+        Part(
+            "e2e-4.20",
+            "trixie",
+            "real Xen",
+            ["make", "e2e", "XEN=4.20"],
+            count=e2e_counts,
+            default=False,
         )
+    )
     return found
 
 
@@ -218,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = parts()
     if args.list:
         for part in chosen:
-            print(f"{part.name:16} {part.stack:9} {part.tier:19} {shown(part.argv)}")
+            extra = "" if part.default else "  (only with --only)"
+            print(f"{part.name:16} {part.stack:9} {part.tier:19} {shown(part.argv)}{extra}")
         return 0
     if args.only:
         wanted = set(args.only.split(","))
@@ -226,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown parts: {', '.join(sorted(unknown))} (--list names them)")
         chosen = [p for p in chosen if p.name in wanted]
+    else:
+        chosen = [p for p in chosen if p.default]
     start = time.monotonic()
 
     def say(line: str) -> None:
