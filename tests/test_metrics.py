@@ -254,9 +254,9 @@ def test_systemd_accepts_the_timer_and_service(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
-def test_every_metric_the_readme_names_is_exported() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+def test_every_metric_the_docs_name_is_exported() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    section = docs.split("\n## The metrics\n", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"\bremus_netbuf_[a-z_]+\b", section))
     _, samples = parse(exposition(Scrape(SNAP, 0.1)))
     exported = {name for name, _ in samples}
