@@ -354,6 +354,17 @@ class Apt(PrivateApt):
         super().__init__(state, sources, "xen.sources")
 
 
+def download_source(apt: Apt, src: Path, version: str) -> str:
+    """``apt-get source --download-only xen=VERSION`` into src: '' when it came, else why not."""
+    done = subprocess.run(
+        ["apt-get", *apt.options, "source", "--download-only", f"xen={version}"],
+        cwd=src,
+        capture_output=True,
+        text=True,
+    )
+    return "" if done.returncode == 0 else _fetch_error(done.stderr)
+
+
 def choose_version(
     apt: Apt, src: Path, say: Say, branch: str = BRANCH
 ) -> tuple[str, dict[str, str]]:
@@ -370,17 +381,12 @@ def choose_version(
     skipped: dict[str, str] = {}
     src.mkdir(parents=True, exist_ok=True)
     for version in candidates:
-        done = subprocess.run(
-            ["apt-get", *apt.options, "source", "--download-only", f"xen={version}"],
-            cwd=src,
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode == 0:
+        why = download_source(apt, src, version)
+        if not why:
             say(f"Xen {version}: binaries and source downloadable" + _skipped(skipped))
             return version, skipped
-        skipped[version] = _fetch_error(done.stderr)
-        say(f"Xen {version}: source not downloadable ({skipped[version]})")
+        skipped[version] = why
+        say(f"Xen {version}: source not downloadable ({why})")
     raise XenPkgError(f"no Xen {branch} with binaries and source both downloadable: {skipped}")
 
 

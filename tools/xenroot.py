@@ -259,17 +259,12 @@ def fetch_source(apt: xenpkg.Apt, src: Path, version: str, say: Say) -> str:
     if _dsc(src.parent, version).is_file():
         return ""
     src.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["apt-get", *apt.options, "source", "--download-only", f"xen={version}"],
-        cwd=src,
-        capture_output=True,
-        text=True,
+    why = xenpkg.download_source(apt, src, version)
+    say(
+        f"Xen {version}: source downloaded"
+        if not why
+        else f"Xen {version}: source not downloadable ({why})"
     )
-    if done.returncode == 0:
-        say(f"Xen {version}: source downloaded")
-        return ""
-    why = xenpkg._fetch_error(done.stderr)
-    say(f"Xen {version}: source not downloadable ({why})")
     return why
 
 
