@@ -35,8 +35,9 @@ test-py-%: deps
 e2e: deps
 	$(PY) -m tools.e2e $(if $(XEN),--xen $(XEN))
 
-# Every stack our users run (kernels 6.1/6.12/7.2, Pythons 3.11/3.13/3.14, Xen 4.17/4.20), each
-# tier on it, then one table (tools/matrix.py; each part's log in .cache/matrix).
+# Every stack our users run (kernels 6.1/6.12/7.2, Pythons 3.11/3.13/3.14, Xen 4.17; 4.20 only
+# with REMUS_NETBUF_MATRIX_ONLY=e2e-4.20: docs/real-xen-tier.md), each tier on it, then one table
+# (tools/matrix.py; each part's log in .cache/matrix).
 matrix: deps
 	$(PY) -m tools.matrix
 

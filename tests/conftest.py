@@ -26,11 +26,10 @@ _xen_cache_problem: list[str] = []  # why the session hook could not fill it
 @pytest.hookimpl(tryfirst=True)  # before the kernel tier boots its VMs, which have no network
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Fetch and build what selected tests need, as the kernel tier fetches its kernel: the
-    wheels a test installs offline in the VM (tests/wheels.py), the Debian package
-    (tools/deb.py: about 30 s, or two minutes more to apt-get its build dependencies; a look when
-    dist/ holds it already), and the real-Xen tier's cache
-    of Debian's Xen with libxenlight rebuilt (tools/xenpkg.py: about a minute cold, a look
-    when warm)."""
+    wheels a test installs offline in the VM (tests/wheels.py), the Debian package (tools/deb.py:
+    about 30 s, or two minutes more to apt-get its build dependencies; a look when dist/ holds it
+    already), and the real-Xen tier's cache of Debian's Xen with libxenlight rebuilt
+    (tools/xenpkg.py: about a minute cold, a look when warm)."""
     from tests import wheels
     from tools import deb, vm
 
