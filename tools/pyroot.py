@@ -74,6 +74,10 @@ VM_PLUMBING = {
     "tests/test_vm_smoke.py::test_when_the_vm_does_not_boot_vm_tests_skip_once_booted",
     "tests/test_vm_smoke.py::test_on_ci_vm_tests_fail_when_the_vm_cannot_run",
 }
+DEB_REASON = (
+    "checks the Debian package (tools/deb.py), which the session hook would build from inside the "
+    "root, installing a Debian build toolchain there: packaging is checked on the host"
+)
 VM_PLUMBING_REASON = (
     "runs the kernel tier's session setup, which fetches Debian's kernel with apt-get and "
     "depmods it (tools/vm.py): the kernel tier stays on the host"
@@ -268,7 +272,7 @@ def inner_pytest(extra: Sequence[str]) -> list[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In the root (pytest -p tools.pyroot): deselect what cannot run there, saying why; before
     the session hook (tests/conftest.py) would fetch the caches the deselected tests need."""
-    from tools import xenpkg
+    from tools import deb, xenpkg
 
     xen_cached = xenpkg.cached()
     reasons: dict[str, str] = {}
@@ -277,6 +281,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reasons[item.nodeid] = VM_PLUMBING_REASON
         elif "xen_cache" in getattr(item, "fixturenames", ()) and not xen_cached:
             reasons[item.nodeid] = XEN_CACHE_REASON
+        elif deb.FIXTURE in getattr(item, "fixturenames", ()):
+            reasons[item.nodeid] = DEB_REASON
     if not reasons:
         return
     config.hook.pytest_deselected(items=[i for i in items if i.nodeid in reasons])
