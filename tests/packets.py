@@ -73,9 +73,12 @@ class Wire:
     """A guest behind ``vif`` (in dom0 namespace ``dom0``) and a receiver on dom0's side.
 
     Several wires in one dom0 (a domain with several vifs) each need their own ``subnet``.
+    A guest with IPv6 sends some of its own (router solicitations, MLD reports) whenever its
+    kernel likes; a test that counts every packet in the plug uses ``ipv6=False``, whose guest
+    sends nothing but the test's frames.
     """
 
-    def __init__(self, dom0: str, vif: str, peer: str, subnet: int = 77) -> None:
+    def __init__(self, dom0: str, vif: str, peer: str, subnet: int = 77, ipv6: bool = True) -> None:
         self.dom0, self.vif, self.peer = dom0, vif, peer
         self.dom0_v4, self.guest_v4, self.dom0_v6, self.guest_v6 = addresses(subnet)
         self.guest = "rnb-guest-" + uuid.uuid4().hex[:8]
@@ -83,21 +86,27 @@ class Wire:
         _run("ip", "-n", dom0, "link", "set", peer, "netns", self.guest)
         g = ("ip", "-n", self.guest)
         d = ("ip", "-n", dom0)
+        self.ipv6 = ipv6
+        if not ipv6:  # before the link is up, so the guest never makes an IPv6 address
+            _run("ip", "netns", "exec", self.guest, "sysctl", "-qw",
+                 f"net.ipv6.conf.{peer}.disable_ipv6=1")
         _run(*g, "link", "set", "lo", "up")
         _run(*g, "link", "set", peer, "up")
         _run(*g, "addr", "add", f"{self.guest_v4}/24", "dev", peer)
-        _run(*g, "addr", "add", f"{self.guest_v6}/64", "dev", peer, "nodad")
         _run(*d, "addr", "add", f"{self.dom0_v4}/24", "dev", vif)
-        _run(*d, "addr", "add", f"{self.dom0_v6}/64", "dev", vif, "nodad")
+        if ipv6:
+            _run(*g, "addr", "add", f"{self.guest_v6}/64", "dev", peer, "nodad")
+            _run(*d, "addr", "add", f"{self.dom0_v6}/64", "dev", vif, "nodad")
         # Static neighbours, so UDP never waits on ARP/ND that the plug may be holding.
         vif_mac = mac_of(dom0, vif)
-        for addr in (self.dom0_v4, self.dom0_v6):
+        for addr in (self.dom0_v4, self.dom0_v6)[: 2 if ipv6 else 1]:
             _run(*g, "neigh", "replace", addr, "lladdr", vif_mac, "dev", peer, "nud", "permanent")
         self.peer_mac = mac_of(self.guest, peer)
         self.rx4 = socket_in(dom0, socket.AF_INET, socket.SOCK_DGRAM)
         self.rx4.bind((self.dom0_v4, PORT))
         self.rx6 = socket_in(dom0, socket.AF_INET6, socket.SOCK_DGRAM)
-        self.rx6.bind((self.dom0_v6, PORT))
+        if ipv6:  # unbound, it never receives
+            self.rx6.bind((self.dom0_v6, PORT))
         self.tx4 = socket_in(self.guest, socket.AF_INET, socket.SOCK_DGRAM)
         self.tx6 = socket_in(self.guest, socket.AF_INET6, socket.SOCK_DGRAM)
         # Held packets stay charged to the sending socket (the kernel keeps the socket
@@ -118,6 +127,7 @@ class Wire:
 
     def send(self, label: str, v4: int = 0, v6: int = 0, size: int = 64) -> None:
         """Send ``v4``/``v6`` UDP datagrams whose payload starts with ``label``."""
+        assert self.ipv6 or not v6, "this wire's guest has no IPv6"
         body = label.encode().ljust(size, b".")
         for _ in range(v4):
             self.tx4.sendto(body, socket.MSG_DONTWAIT, (self.dom0_v4, PORT))
