@@ -13,7 +13,7 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 echo "GUEST: init up $(cat /proc/uptime)"
-insmod /mods/xen-netfront.ko
+for m in $(cat /mods/order); do insmod /mods/$m.ko; done  # xen-netfront
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 1; done
 ip link set lo up
 ip addr add "$ip" dev eth0
