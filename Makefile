@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := remus_netbuf tests tools bench scripts/remus-netbuf-setup
 
-.PHONY: all deps lint test test-py pythons e2e demo bench bench-native matrix clean install uninstall deb
+.PHONY: all deps lint test test-py pythons e2e demo bench bench-native matrix clean install uninstall deb xen-netbuf-debs
 all: test
 
 deps:
@@ -76,6 +76,13 @@ uninstall:
 # holds the package of these sources already.
 deb:
 	$(INSTALL_PYTHON) tools/deb.py $(if $(FORCE),--force)
+
+# dist/xen-netbuf/libxenmisc<X>_<V>+netbuf1_amd64.deb: Debian's package of libxenlight, rebuilt
+# from Debian's source of exactly V with libnl3 (network buffering for xl remus), for the Xen
+# installed here, or XEN=4.17|4.20 (tools/xendebs.py; docs/install.md). Build dependencies are
+# installed with apt-get if missing; the source and build are cached with the real-Xen tier's.
+xen-netbuf-debs:
+	$(INSTALL_PYTHON) tools/xendebs.py $(if $(XEN),--xen $(XEN))
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* .cache dist

@@ -225,8 +225,11 @@ def cache_for(release: str) -> Path:
     return CACHE if release == BRANCH else CACHE / release
 
 
-def ensure(cache: Path = CACHE, say: Say = lambda _: None, release: str = BRANCH) -> XenTree:
-    """Everything in the cache, fetched and built only what is missing (idempotent)."""
+def ensure(
+    cache: Path = CACHE, say: Say = lambda _: None, release: str = BRANCH, version: str = ""
+) -> XenTree:
+    """Everything in the cache, fetched and built only what is missing (idempotent). ``version``
+    pins V (4.17 only: make xen-netbuf-debs for the version a dom0 has installed)."""
     if release not in RELEASES:
         raise XenPkgError(f"Xen {release}: not one of {', '.join(RELEASES)}")
     if release != BRANCH:
@@ -238,6 +241,8 @@ def ensure(cache: Path = CACHE, say: Say = lambda _: None, release: str = BRANCH
         fcntl.flock(lock, fcntl.LOCK_EX)  # one maker at a time (make e2e and a test run, say)
         recorded = _read_versions(cache)
         timings: dict[str, float] = {}
+        if version and recorded.get("version") != version:
+            recorded = {"version": version, "pinned": True}
         if _complete(cache, recorded):
             say(f"Xen {recorded['version']}: everything cached in {cache}")
         else:
@@ -268,7 +273,12 @@ def _make(
     started = time.monotonic()
     apt.update()
     version = str(recorded.get("version") or "")
-    if not (version and (cache / "src" / f"xen_{_noepoch(version)}.dsc").is_file()):
+    if recorded.get("pinned") and not (cache / "src" / f"xen_{_noepoch(version)}.dsc").is_file():
+        (cache / "src").mkdir(parents=True, exist_ok=True)
+        why = download_source(apt, cache / "src", version)
+        if why:
+            raise XenPkgError(f"Debian's source of Xen {version} is not downloadable here ({why})")
+    elif not (version and (cache / "src" / f"xen_{_noepoch(version)}.dsc").is_file()):
         version, skipped = choose_version(apt, cache / "src", say)
         recorded = {"version": version, "skipped": skipped}
     source = dsc_version(cache / "src" / f"xen_{_noepoch(version)}.dsc")
