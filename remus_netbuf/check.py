@@ -32,6 +32,7 @@ from .errors import KernelError, KernelLacks, LockError, NetbufError
 from .xlconf import KEY, XL_CONF, netbufscript, script_xl_runs
 
 if TYPE_CHECKING:
+    from .dpkg import Provenance
     from .libxenlight import Libxenlight
     from .netlink import Netlink
 
@@ -365,13 +366,17 @@ def script_verdict(script: Script) -> Result:
 
 _LIBXL_FIX = (
     "rebuild libxenlight (with xl and libxl-save-helper) from Xen's source with libnl3 "
-    "(libnl-route-3-dev: configure then sets CONFIG_LIBNL=y), or run xl remus -n: no network "
-    "buffering, unsafe (the guest's output leaves before its checkpoint is safe)"
+    "(libnl-route-3-dev: configure then sets CONFIG_LIBNL=y)"
+)
+_UNSAFE = (
+    "or run xl remus -n: no network buffering, unsafe (the guest's output leaves before its "
+    "checkpoint is safe)"
 )
 
 
 def check_libxenlight(path: str | None = None) -> Result:
     """The library at ``path``, else the one the dynamic loader finds."""
+    from .dpkg import provenance
     from .libxenlight import NotElf, find, inspect, search_dirs
 
     found = path or find()
@@ -379,21 +384,39 @@ def check_libxenlight(path: str | None = None) -> Result:
         detail = f"no libxenlight in {', '.join(search_dirs())}: xl is not installed here"
         return Result("libxenlight", WARN, detail, "install Xen's tools, then check again")
     try:
-        return libxenlight_verdict(inspect(found))
+        lib = inspect(found)
     except (OSError, NotElf) as err:
         detail = f"cannot tell whether it buffers: {err}"
         return Result("libxenlight", WARN, detail, "see the detail")
+    return libxenlight_verdict(lib, provenance(found))
 
 
-def libxenlight_verdict(lib: Libxenlight) -> Result:
+def libxenlight_verdict(lib: Libxenlight, package: Provenance | None = None) -> Result:
+    """OK when it buffers; else FAIL, saying whether an update took a netbuf build away, and
+    the way back: on Debian (the package is known) make xen-netbuf-debs, else a rebuild."""
     shown = lib.path
     real = os.path.realpath(lib.path)
     if real != os.path.abspath(lib.path):  # the soname link: say which file it is
         shown += f" (-> {os.path.basename(real)})"
+    owner = f" ({package.package} {package.version})" if package else ""
     if lib.netbuf:
-        return Result("libxenlight", OK, f"{shown}: network buffering built in: {lib.evidence}")
+        detail = f"{shown}{owner}: network buffering built in: {lib.evidence}"
+        return Result("libxenlight", OK, detail)
+    if package and package.netbuf_before:
+        lost = (
+            f"{shown}: lost network buffering: {package.package} {package.netbuf_before} "
+            f"(installed until {package.netbuf_until}) was replaced by {package.version}, "
+            "a build without libnl (a Xen update from Debian?)"
+        )
+    else:
+        lost = f"{shown}{owner}: no network buffering"
     detail = (
-        f'{shown}: no network buffering, {lib.evidence}: xl remus fails with "Remus: No '
-        "support for network buffering\" (Debian's libxenlight is built so)"
+        f'{lost}, {lib.evidence}: xl remus fails with "Remus: No support for network buffering"'
     )
-    return Result("libxenlight", WARN, detail, _LIBXL_FIX)
+    if package is None:
+        return Result("libxenlight", FAIL, detail, f"{_LIBXL_FIX}, {_UNSAFE}")
+    fix = (
+        "make xen-netbuf-debs in remus-netbuf's source tree, then apt install "
+        f"./dist/xen-netbuf/{package.rebuilt_name} (README: Install), {_UNSAFE}"
+    )
+    return Result("libxenlight", FAIL, detail, fix)

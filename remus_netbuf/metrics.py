@@ -48,6 +48,7 @@ class Scrape:
     snapshot: Snapshot | None
     seconds: float
     error: str | None = None
+    buffering: bool | None = None  # whether the libxenlight xl loads buffers (None: none found)
 
     @property
     def anomalies(self) -> int:
@@ -62,12 +63,25 @@ def scrape(environ: Mapping[str, str]) -> Scrape:
     from .xenstore import Xenstore, socket_path
 
     start = time.monotonic()
+    buffering = libxenlight_buffers()
     try:
         with Xenstore(socket_path(environ)) as xs, Netlink() as nl:
             snap = scan(xs, nl, config_problem(environ))
     except NetbufError as err:
-        return Scrape(None, time.monotonic() - start, str(err))
-    return Scrape(snap, time.monotonic() - start)
+        return Scrape(None, time.monotonic() - start, str(err), buffering)
+    return Scrape(snap, time.monotonic() - start, buffering=buffering)
+
+
+def libxenlight_buffers() -> bool | None:
+    """Whether the libxenlight xl loads was built with network buffering: a Xen update from
+    Debian takes a netbuf build away (check says so at length); None when there is none."""
+    from .libxenlight import NotElf, find, inspect
+
+    found = find()
+    try:
+        return inspect(found).netbuf if found else None
+    except (OSError, NotElf):
+        return None
 
 
 def families(scrape: Scrape) -> list[Metric]:
@@ -76,9 +90,18 @@ def families(scrape: Scrape) -> list[Metric]:
     up.add_metric([], 0 if scrape.snapshot is None else 1)
     took = GaugeMetricFamily(PREFIX + "scrape_duration_seconds", "seconds the scan took")
     took.add_metric([], scrape.seconds)
+    health: list[Metric] = [up, took]
+    if scrape.buffering is not None:
+        buffering = GaugeMetricFamily(
+            PREFIX + "libxenlight_buffering",
+            "1 if the libxenlight xl loads has network buffering (0: xl remus cannot buffer; "
+            "remus-netbuf check says why and how to rebuild it)",
+        )
+        buffering.add_metric([], 1 if scrape.buffering else 0)
+        health.append(buffering)
     if scrape.snapshot is None:
-        return [up, took]
-    return [up, took, *_netbufs(scrape.snapshot), *_host(scrape.snapshot)]
+        return health
+    return [*health, *_netbufs(scrape.snapshot), *_host(scrape.snapshot)]
 
 
 def _netbufs(snap: Snapshot) -> Iterator[Metric]:

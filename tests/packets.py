@@ -88,8 +88,15 @@ class Wire:
         d = ("ip", "-n", dom0)
         self.ipv6 = ipv6
         if not ipv6:  # before the link is up, so the guest never makes an IPv6 address
-            _run("ip", "netns", "exec", self.guest, "sysctl", "-qw",
-                 f"net.ipv6.conf.{peer}.disable_ipv6=1")
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                self.guest,
+                "sysctl",
+                "-qw",
+                f"net.ipv6.conf.{peer}.disable_ipv6=1",
+            )
         _run(*g, "link", "set", "lo", "up")
         _run(*g, "link", "set", peer, "up")
         _run(*g, "addr", "add", f"{self.guest_v4}/24", "dev", peer)

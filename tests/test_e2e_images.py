@@ -21,8 +21,9 @@ from tools import vm
 def unpacked(image: Path, into: Path) -> Path:
     into.mkdir()
     cpio = gzip.decompress(image.read_bytes())
-    subprocess.run([str(images.BUSYBOX), "cpio", "-id"], cwd=into, input=cpio, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(images.BUSYBOX), "cpio", "-id"], cwd=into, input=cpio, check=True, capture_output=True
+    )
     return into
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from remus_netbuf.check import OK, WARN, check_libxenlight, libxenlight_verdict
+from remus_netbuf.check import FAIL, OK, WARN, check_libxenlight, libxenlight_verdict
+from remus_netbuf.dpkg import Provenance
 from remus_netbuf.libxenlight import NotElf, find, inspect, read_dynamic
 from tests.elfstub import NETBUF, PLAIN, write_stub
 from tools import xenpkg
@@ -58,9 +59,9 @@ def test_both_real_libraries_are_of_one_xen_version(xen_cache: Path) -> None:
     assert recorded["debs"] == recorded["source"] == recorded["version"]
 
 
-def test_the_check_warns_on_debians_naming_both_ways_out(xen_cache: Path) -> None:
+def test_the_check_fails_on_debians_naming_both_ways_out(xen_cache: Path) -> None:
     result = check_libxenlight(str(debians(xen_cache)))
-    assert result.level == WARN
+    assert result.level == FAIL
     assert "no network buffering" in result.detail
     assert '"Remus: No support for network buffering"' in result.detail
     assert "with libnl3" in result.fix and "xl remus -n" in result.fix and "unsafe" in result.fix
@@ -124,3 +125,42 @@ def test_verdict_names_the_file_and_the_evidence(tmp_path: Path) -> None:
     lib = inspect(str(write_stub(tmp_path / "x.so", **PLAIN)))
     result = libxenlight_verdict(lib)
     assert result.detail.startswith(f"{tmp_path}/x.so: no network buffering, built without libnl")
+
+
+DEBIANS = "4.17.5+72-g01140da4e8-1"
+
+
+def test_on_debian_the_fix_is_make_xen_netbuf_debs_for_the_installed_version(
+    tmp_path: Path,
+) -> None:
+    lib = inspect(str(write_stub(tmp_path / "x.so", **PLAIN)))
+    result = libxenlight_verdict(lib, Provenance("libxenmisc4.17", "amd64", DEBIANS))
+    assert result.level == FAIL
+    assert result.detail.startswith(f"{tmp_path}/x.so (libxenmisc4.17 {DEBIANS}): no network ")
+    assert result.fix.startswith(
+        "make xen-netbuf-debs in remus-netbuf's source tree, then apt install "
+        f"./dist/xen-netbuf/libxenmisc4.17_{DEBIANS}+netbuf1_amd64.deb"
+    )
+    assert "xl remus -n" in result.fix
+
+
+def test_after_debians_update_it_says_the_library_lost_network_buffering(tmp_path: Path) -> None:
+    lib = inspect(str(write_stub(tmp_path / "x.so", **PLAIN)))
+    update = "4.17.5+72-g01140da4e8-2"
+    package = Provenance(
+        "libxenmisc4.17", "amd64", update, DEBIANS + "+netbuf1", "2026-12-07 10:00:00"
+    )
+    result = libxenlight_verdict(lib, package)
+    assert result.level == FAIL
+    assert result.detail.startswith(
+        f"{tmp_path}/x.so: lost network buffering: libxenmisc4.17 {DEBIANS}+netbuf1 (installed "
+        f"until 2026-12-07 10:00:00) was replaced by {update}, a build without libnl"
+    )
+    assert f"apt install ./dist/xen-netbuf/libxenmisc4.17_{update}+netbuf1_amd64.deb" in result.fix
+
+
+def test_ours_installed_is_ok_and_named(tmp_path: Path) -> None:
+    lib = inspect(str(write_stub(tmp_path / "x.so", **NETBUF)))
+    result = libxenlight_verdict(lib, Provenance("libxenmisc4.17", "amd64", DEBIANS + "+netbuf1"))
+    assert result.level == OK
+    assert f"(libxenmisc4.17 {DEBIANS}+netbuf1): network buffering built in" in result.detail

@@ -24,6 +24,7 @@ from remus_netbuf.audit import Plugged, Snapshot
 from remus_netbuf.decide import Claim, Ifb
 from remus_netbuf.metrics import Scrape, exposition, write
 from tests.bed import BIN, Bed, netbuf_path
+from tests.elfstub import NETBUF, PLAIN, write_stub
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -125,6 +126,26 @@ def test_a_failed_scan_is_up_0_and_its_duration() -> None:
         ("remus_netbuf_up", ()): 0,
         ("remus_netbuf_scrape_duration_seconds", ()): 0.5,
     }
+
+
+@pytest.mark.parametrize("buffering", [True, False])
+def test_libxenlights_buffering_is_written_even_when_the_scan_fails(buffering: bool) -> None:
+    for snap in (SNAP, None):
+        _, samples = parse(exposition(Scrape(snap, 0.5, None if snap else "down", buffering)))
+        assert samples[("remus_netbuf_libxenlight_buffering", ())] == int(buffering)
+
+
+def test_no_libxenlight_no_buffering_series(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("remus_netbuf.libxenlight.search_dirs", lambda: [str(tmp_path)])
+    from remus_netbuf.metrics import libxenlight_buffers
+
+    assert libxenlight_buffers() is None
+    write_stub(tmp_path / "libxenlight.so.4.17", **PLAIN)
+    assert libxenlight_buffers() is False
+    write_stub(tmp_path / "libxenlight.so.4.17", **NETBUF)
+    assert libxenlight_buffers() is True
 
 
 def test_output_is_replaced_atomically_never_rewritten_in_place(tmp_path: Path) -> None:
@@ -258,7 +279,7 @@ def test_every_metric_the_docs_name_is_exported() -> None:
     docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
     section = docs.split("\n## The metrics\n", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"\bremus_netbuf_[a-z_]+\b", section))
-    _, samples = parse(exposition(Scrape(SNAP, 0.1)))
+    _, samples = parse(exposition(Scrape(SNAP, 0.1, buffering=True)))
     exported = {name for name, _ in samples}
     assert "remus_netbuf_drops_total" in named  # the alert rule's
     assert named <= exported, named - exported
