@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import sysconfig
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -320,8 +321,19 @@ def check_script(xl_conf: str) -> Result:
     return script_verdict(inspect_script(path, source))
 
 
+def own_script() -> str:
+    """This installation's remus-netbuf-setup: the one beside the running program (the Debian
+    package's /usr/sbin, a venv's bin, make install's links), else where pip puts scripts."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), SCRIPT_NAME)
+    return (
+        beside
+        if os.path.isfile(beside)
+        else os.path.join(sysconfig.get_path("scripts"), SCRIPT_NAME)
+    )
+
+
 def inspect_script(path: str, source: str) -> Script:
-    ours = os.path.realpath(os.path.join(sysconfig.get_path("scripts"), SCRIPT_NAME))
+    ours = os.path.realpath(own_script())
     try:
         info = os.stat(path)
         with open(path, "rb") as f:
@@ -342,10 +354,12 @@ def inspect_script(path: str, source: str) -> Script:
 
 def script_verdict(script: Script) -> Result:
     """Whether xl runs this installation's remus-netbuf-setup."""
-    ours = os.path.join(sysconfig.get_path("scripts"), SCRIPT_NAME)
+    ours = own_script()
     if os.path.realpath(LINKED) == os.path.realpath(ours):
         ours = LINKED  # make install's link: the path that survives a new venv
-    fix = f'make install, or {KEY}="{ours}" in xl.conf, or xl remus -N {ours}'
+    fix = f'{KEY}="{ours}" in xl.conf, or xl remus -N {ours}'
+    if sys.prefix != sys.base_prefix:  # a venv: make install's (not the Debian package's)
+        fix = "make install, or " + fix
     where = f"xl runs {script.path} ({script.source})"
     if not script.exists:
         return Result("xl-script", FAIL, f"{where}, which does not exist", fix)
@@ -405,8 +419,8 @@ def libxenlight_verdict(lib: Libxenlight, package: Provenance | None = None) -> 
     if package and package.netbuf_before:
         lost = (
             f"{shown}: lost network buffering: {package.package} {package.netbuf_before} "
-            f"(installed until {package.netbuf_until}) was replaced by {package.version}, "
-            "a build without libnl (a Xen update from Debian?)"
+            f"(installed until {package.netbuf_until}) was replaced by {package.version} "
+            "(a Xen update from Debian?)"
         )
     else:
         lost = f"{shown}{owner}: no network buffering"

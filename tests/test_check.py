@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,21 @@ def test_xl_script_warns_naming_the_path_of_xens_shell_script(tmp_path: Path) ->
         "installation (Xen's own script?)"
     )
     assert "make install" in result.fix and f"xl remus -N {OURS}" in result.fix
+
+
+def test_xl_script_of_the_debian_package_is_the_one_beside_the_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sbin = tmp_path / "usr" / "sbin"  # the package's: /usr/sbin/remus-netbuf{,-setup}
+    sbin.mkdir(parents=True)
+    script = executable(sbin / "remus-netbuf-setup", (BIN / "remus-netbuf-setup").read_text())
+    executable(sbin / "remus-netbuf", "#!/usr/bin/python3\n")
+    monkeypatch.setattr(sys, "argv", [str(sbin / "remus-netbuf"), "check"])
+    assert check_script(xl_conf(tmp_path, script)).level == OK
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)  # the system's python3: no venv
+    other = check_script(xl_conf(tmp_path, OURS))
+    assert other.level == WARN and "not this installation" in other.detail
+    assert other.fix == f'{KEY}="{script}" in xl.conf, or xl remus -N {script}'  # no make install
 
 
 def test_xl_script_warns_for_another_remus_netbuf(tmp_path: Path) -> None:
