@@ -128,6 +128,34 @@ def test_the_config_is_a_conffile_and_no_unit_is_enabled(built_deb: deb.Built) -
     assert "xl.conf" not in text + member(built_deb.deb, "preinst")  # xl.conf: the admin's
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_removal_says_when_xl_conf_still_names_the_script_and_leaves_it(
+    built_deb: deb.Built, tmp_path: Path, named: bool
+) -> None:
+    conf = tmp_path / "xl.conf"
+    line = 'remus.default.netbufscript="/usr/sbin/remus-netbuf-setup"\n'
+    conf.write_text("#autoballoon=off\n" + (line if named else "#" + line))
+    postrm = tmp_path / "postrm"
+    ours = member(built_deb.deb, "postrm").split("# Automatically added by dh_")[0]
+    assert "deb-systemd-helper" not in ours  # debhelper's part (for the units) is not run here
+    postrm.write_text(ours.replace("/etc/xen/xl.conf", str(conf)) + "exit 0\n")
+    said = []
+    for action in ("remove", "purge"):  # what apt purge runs, in that order
+        done = run(["sh", str(postrm), action])
+        assert done.returncode == 0, done.stderr
+        said += done.stderr.splitlines()
+    assert said == (
+        [
+            "remus-netbuf: /etc/xen/xl.conf still sets remus.default.netbufscript to "
+            "/usr/sbin/remus-netbuf-setup, which is gone: remove that line (xl remus would fail "
+            "to run the script)".replace("/etc/xen/xl.conf", str(conf))
+        ]
+        if named
+        else []
+    )
+    assert conf.read_text().endswith(line)  # untouched
+
+
 def test_the_files_are_the_checkouts(unpacked: Path) -> None:
     script = (unpacked / "usr/sbin/remus-netbuf-setup").read_text().splitlines(keepends=True)
     ours = (REPO / "scripts/remus-netbuf-setup").read_text().splitlines(keepends=True)
