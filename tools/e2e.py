@@ -2,11 +2,12 @@
 
 Boots Debian's Xen 4.17 hypervisor in QEMU (KVM when the kernel tier's probe says it boots,
 else TCG) with Debian's 6.1 kernel as dom0 (the kernel tier's, :func:`tools.vm.ensure_kernel`).
-dom0's root is this host's ``/`` over 9p, read-only, under two more read-only layers and a
-tmpfs: the Xen userland of one Debian version (:mod:`tools.xenpkg`) and, above it, libxenlight,
-xl and libxl-save-helper rebuilt from that version's source with libnl3 (Debian's libxenlight
-has no network buffering). Nothing on this host is changed: every write lands in dom0's tmpfs,
-except the work dir (9p, read-write), where dom0 leaves its log, timeline and results.
+dom0's root is this host's ``/`` over 9p, read-only, under a tmpfs. dom0 installs Debian's Xen
+packages of one version with dpkg (:mod:`tools.xenpkg` fetches them), then, as the README's
+Install says, our package (``make deb``) and Debian's libxenmisc repacked with libxenlight
+rebuilt with libnl3 (``make xen-netbuf-debs``), both built here before boot (:func:`prepare`).
+Nothing on this host is changed: every write lands in dom0's tmpfs, except the work dir (9p,
+read-write), where dom0 leaves its log, timeline and results.
 
 dom0 runs tools/e2e_dom0.sh as PID 1 (xenstored, xen-init-dom0, xenconsoled), then the
 scenarios (tools/e2e_dom0.py). Guests are PVH (Remus needs log-dirty; Debian's Xen has no
@@ -41,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools import e2e_images, vm, xenpkg
+from tools import deb, e2e_images, vm, xendebs, xenpkg
 from tools.e2e_images import DOM0_INIT, GUEST_INIT
 
 REPO = vm.REPO
@@ -80,6 +81,10 @@ class Parts:
     dom0_initrd: Path
     guest_initrd: Path
     tarball: Path
+    # 4.17: what dom0 installs with dpkg and apt, as an admin would (else empty: 4.20, or no
+    # netbuf build): Debian's Xen packages (and udev), then ours and the netbuf libxenmisc
+    xen_debs: tuple[Path, ...] = ()
+    our_debs: tuple[Path, ...] = ()
 
 
 def prepare(say: Callable[[str], None], release: str = xenpkg.BRANCH) -> Parts:
@@ -90,6 +95,13 @@ def prepare(say: Callable[[str], None], release: str = xenpkg.BRANCH) -> Parts:
         kernel = vm.ensure_kernel(vm.Options().cache, say)
     with timed("Xen packages and the netbuf-enabled libxenlight"):
         xen = xenpkg.ensure(xenpkg.cache_for(release), say, release)
+    xen_debs: tuple[Path, ...] = ()
+    our_debs: tuple[Path, ...] = ()
+    if release == xenpkg.BRANCH and not xen.netbuf_missing:
+        with timed("the .debs dom0 installs (make deb, make xen-netbuf-debs)"):
+            xen_debs = tuple(xenpkg.dom0_debs(xen, say))
+            netbuf = xendebs.build(release, xen.version, xendebs.OUT, say)
+            our_debs = (deb.ensure(say=say).deb, *netbuf)
     with timed("initramfs images"):
         if xen.own_root and xen.kernel and xen.modules:
             dom0_kernel = vm.Kernel(xen.modules.name, xen.kernel, xen.modules)
@@ -98,7 +110,8 @@ def prepare(say: Callable[[str], None], release: str = xenpkg.BRANCH) -> Parts:
         else:
             images.fit_to_host(xen.root)
             dom0_kernel, modules, dom0_name = kernel, images.DOM0_MODULES, "dom0"
-        netbuf_tree = images.netbuf_tree(xen)
+        # installing: no loose file over dom0's root, Debian's Xen and ours come as packages
+        netbuf_tree = images.empty_layer() if xen_debs else images.netbuf_tree(xen)
         dom0 = images.initrd(dom0_name, dom0_kernel, DOM0_INIT, modules, images.DOM0_APPLETS, {})
         udp = {"e2e_udp": images.udp_sender()}
         guest = images.initrd(
@@ -106,7 +119,7 @@ def prepare(say: Callable[[str], None], release: str = xenpkg.BRANCH) -> Parts:
         )
     with timed("python tarball"):
         tarball = xen.pytar or vm.python_tarball(vm.Options().cache)
-    return Parts(kernel, dom0_kernel, xen, netbuf_tree, dom0, guest, tarball)
+    return Parts(kernel, dom0_kernel, xen, netbuf_tree, dom0, guest, tarball, xen_debs, our_debs)
 
 
 class Stopwatch:
@@ -156,6 +169,8 @@ def qemu_command(parts: Parts, workdir: Path, mode: str) -> list[str]:
     dom0_args = f"{DOM0_ARGS} e2e_stage={DOM0_STAGE}"
     if parts.xen.own_root:
         dom0_args += f" e2e_root=own e2e_repo={REPO}"
+    elif parts.xen_debs:
+        dom0_args += " e2e_root=installed"
     for path in (parts.dom0_kernel.vmlinuz, parts.dom0_initrd, DOM0_STAGE, REPO):
         if "," in str(path) or " " in str(path):
             raise vm.Unavailable(f"{path}: QEMU's multiboot module list cannot take ',' or ' '")
@@ -184,6 +199,12 @@ def write_env(parts: Parts, workdir: Path, only: Sequence[str]) -> None:
         "E2E_GUEST_INITRD": str(parts.guest_initrd),
         "E2E_XEN_VERSION": parts.xen.version,
         "E2E_ONLY": ",".join(only),
+        "E2E_XEN_DEBS": " ".join(str(d) for d in parts.xen_debs),
+        "E2E_OUR_DEBS": " ".join(str(d) for d in parts.our_debs),
+        # Xen's own bash script, for the bash scenario: Debian ships none (a test's copy)
+        "E2E_XEN_SCRIPT": str(
+            parts.xen.netbuf_files.get("/etc/xen/scripts/remus-netbuf-setup", "")
+        ),
     }
     (workdir / "env").write_text(
         "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
@@ -319,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parts = prepare(say, args.xen)
         mode = accel(say)
-    except (vm.Unavailable, xenpkg.XenPkgError) as err:
+    except (vm.Unavailable, xenpkg.XenPkgError, deb.Failed, xendebs.Failed) as err:
         say(f"cannot run: {err}")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="remus-netbuf-e2e-", dir="/tmp"))

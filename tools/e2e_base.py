@@ -20,13 +20,25 @@ REPO = Path(os.environ.get("E2E_REPO", Path(__file__).resolve().parents[1]))
 # Our product from the checkout under the root's own python3 (Xen 4.20's trixie root: the
 # host's venv is of another Python), through wrappers prepare() writes; else the repo's venv.
 CHECKOUT = os.environ.get("E2E_CHECKOUT") == "1"
+# Xen 4.17: our .deb, installed in dom0 with apt (tools/e2e_dom0.py), is what runs.
+INSTALLED = bool(os.environ.get("E2E_OUR_DEBS"))
 BIN = RUN / "bin"
-OURS = BIN / "remus-netbuf-setup" if CHECKOUT else REPO / ".venv" / "bin" / "remus-netbuf-setup"
-CLI = BIN / "remus-netbuf" if CHECKOUT else REPO / ".venv" / "bin" / "remus-netbuf"
+SBIN = Path("/usr/sbin")
+if INSTALLED:
+    OURS, CLI = SBIN / "remus-netbuf-setup", SBIN / "remus-netbuf"
+elif CHECKOUT:
+    OURS, CLI = BIN / "remus-netbuf-setup", BIN / "remus-netbuf"
+else:
+    OURS, CLI = (
+        REPO / ".venv" / "bin" / "remus-netbuf-setup",
+        REPO / ".venv" / "bin" / "remus-netbuf",
+    )
 TEST_PYTHON = os.environ.get("E2E_TEST_PYTHON") or str(REPO / ".venv" / "bin" / "python")
 XEN_BRANCH = os.environ.get("E2E_XEN_BRANCH") or "4.17"
 TIMED = RUN / "remus-netbuf-timed"  # our script, its wall time logged: what libxl runs
 XEN_SCRIPTS = Path("/etc/xen/scripts")
+XL_CONF = Path("/etc/xen/xl.conf")
+XL_LINE = f'remus.default.netbufscript="{SBIN}/remus-netbuf-setup"'  # the README's one line
 BASH = XEN_SCRIPTS / "remus-netbuf-setup"  # Xen's own, from the Xen source of the tree
 CONF = Path("/etc/xen/remus-netbuf.conf")
 PORT = 5001

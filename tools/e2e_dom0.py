@@ -20,10 +20,12 @@ from functools import partial
 from pathlib import Path
 
 from tools.e2e_base import (
+    BASH,
     BIN,
     BRIDGE_ADDR,
     CHECKOUT,
     CLI,
+    INSTALLED,
     MEMCHECK_SECONDS,
     OURS,
     REPO,
@@ -37,13 +39,14 @@ from tools.e2e_base import (
     sh,
     wait_for,
 )
+from tools.e2e_install import Installing
 from tools.e2e_scenarios import Scenarios
 from tools.e2e_xl import Guest, Receiver, create_guest, memcheck
 
 SCENARIOS = ("check", "fail", "kill", "bash", "remus", "conformance")  # remus: two, failover
 
 
-class Dom0(Scenarios):
+class Dom0(Scenarios, Installing):
     def __init__(self, results: Results) -> None:
         self.results = results
         self.receiver: Receiver | None = None
@@ -87,6 +90,10 @@ class Dom0(Scenarios):
                     f'exec {sys.executable} {what} "$@"\n'
                 )
                 wrapper.chmod(0o755)
+        script = os.environ.get("E2E_XEN_SCRIPT", "")
+        if INSTALLED and script and not BASH.exists():  # Debian ships no such script
+            BASH.write_bytes(Path(script).read_bytes())
+            BASH.chmod(0o755)
         TIMED.write_text(
             "#!/bin/bash\n"
             "# our script as libxl runs it, its wall time logged\n"
@@ -171,15 +178,24 @@ def main() -> int:
         wanted += ["two", "failover"]
     results = Results(wanted)
     results.stage("driver")
+    if INSTALLED:  # our .deb and the netbuf Xen .deb, then at the end an update and a purge
+        wanted = ["install", *[w for w in wanted if w != "check"], "update", "purge"]
+        results.wanted = wanted
     dom0 = Dom0(results)
     dom0.prepare()
-    dom0.check()
+    if INSTALLED:
+        dom0.install()
+    else:
+        dom0.check()
     if any(n in wanted for n in ("remus", "fail", "kill", "bash")):
         dom0.guests_up()
     for name in SCENARIOS[1:]:
         if name in wanted:
             getattr(dom0, name)()
     results.stage("scenarios done")
+    if INSTALLED:
+        dom0.update()
+        dom0.purge()
     return 0 if all(s.ok for s in results.scenarios.values()) else 1
 
 

@@ -14,6 +14,7 @@ mark() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >>"$W/timeline"; }
 say() { echo "E2E[$(cut -d' ' -f1 /proc/uptime)s]: $*" | tee -a "$LOG" >/dev/console; }
 finish() {
     cp -a /var/log/xen "$W/varlogxen" 2>/dev/null
+    cp /var/log/dpkg.log "$W/dpkg.log" 2>/dev/null
     dmesg >"$W/dmesg.txt" 2>&1
     mark done
     say "power off"
@@ -48,6 +49,22 @@ if [ -n "${E2E_TARBALL:-}" ]; then
         for dir in $E2E_PYDIRS; do mount --bind "/run/pyroot$dir" "$dir"; done
     fi
     mark python
+fi
+# Xen 4.17: dom0 is a Debian dom0 running Debian's Xen, installed here as an admin installs it
+# (dpkg, with a policy-rc.d that keeps maintainer scripts from starting services, as in any
+# image build: this script starts them below). Our packages come later (tools/e2e_dom0.py).
+if [ -n "${E2E_XEN_DEBS:-}" ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    # and no man-db index rebuild at each install (as minimal images do): over 9p, under TCG
+    echo "man-db man-db/auto-update boolean false" | debconf-set-selections
+    # shellcheck disable=SC2086 # a list of paths without spaces
+    if DEBIAN_FRONTEND=noninteractive dpkg -i $E2E_XEN_DEBS >"$W/dpkg-xen.log" 2>&1; then
+        say "Debian's Xen installed with dpkg -i ($(echo $E2E_XEN_DEBS | wc -w) packages)"
+    else
+        say "dpkg -i of Debian's Xen FAILED: $(tail -3 "$W/dpkg-xen.log" | tr '\n' ' ')"
+    fi
+    mark dpkg
 fi
 for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback bridge; do
     modprobe $m || say "modprobe $m FAILED"

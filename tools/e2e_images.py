@@ -126,6 +126,13 @@ def _merge(source: Path, target: Path) -> None:
     source.rmdir()
 
 
+def empty_layer() -> Path:
+    """An empty directory, for the netbuf layer of a dom0 that installs packages instead."""
+    empty = CACHE / "empty-layer"
+    empty.mkdir(parents=True, exist_ok=True)
+    return empty
+
+
 def netbuf_tree(xen: xenpkg.XenTree) -> Path:
     """The netbuf build's files at their dom0 paths (dom0's top read-only layer; empty when
     there is no build)."""

@@ -7,6 +7,8 @@
 # With e2e_root=own (Xen 4.20), xenroot is a whole root (trixie's): the host's / is no layer,
 # only the checkout (e2e_repo=DIR) is bound in from it, at its own path. Either way the Xen
 # tree is also bound at /mnt/e2e-xen, where dom0 finds Debian's libxenlight under ours.
+# With e2e_root=installed (Xen 4.17), the host's / is the only layer: dom0 installs Debian's Xen
+# and our packages with dpkg and apt (tools/e2e_dom0.sh, tools/e2e_dom0.py).
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -33,6 +35,7 @@ mount -t tmpfs -o size=768m tmpfs /rw
 mkdir -p /rw/upper /rw/work
 lower=/layers/netbuf:/layers/xen:/layers/host
 [ "$own" = own ] && lower=/layers/netbuf:/layers/xen
+[ "$own" = installed ] && lower=/layers/host
 mount -t overlay -o lowerdir=$lower,upperdir=/rw/upper,workdir=/rw/work \
     overlay /newroot || fail "overlay mount failed"
 if [ "$own" = own ]; then

@@ -18,6 +18,7 @@ from tools.e2e_base import (
     BASH,
     CLI,
     CONF,
+    INSTALLED,
     OURS,
     SETUP_DEADLINE,
     TEST_PYTHON,
@@ -62,7 +63,8 @@ class Scenarios:
         g1, g2 = self.guests
         runs: dict[str, Remus] = {}
         with self.scenario("remus") as sc:
-            runs[g1.name] = remus = Remus(g1, TIMED)
+            # installed: xl runs the script xl.conf names (no -N), as an admin's xl remus does
+            runs[g1.name] = remus = Remus(g1, None if INSTALLED else TIMED)
             if self.started_ok(sc, g1, remus):
                 judge_buffering(sc, self.receiver, g1, remus, 16)
         with self.scenario("two") as sc:
@@ -101,10 +103,13 @@ class Scenarios:
             ran = hotplug_log()[before:]
             sc.figures["hotplug runs"] = ran
             for guest in self.guests:
-                torn = [r for r in ran if r.startswith("teardown ") and f"vif={guest.vif}" in r]
-                sc.check(
-                    f"libxl runs our teardown for {guest.vif}", torn and "rc=0" in torn[0], torn
-                )
+                if runs[guest.name].script is None:  # xl.conf's: from libxl's log, no failure
+                    torn = runs[guest.name].ran("teardown")
+                    done = len(torn) == 1 and torn[0].endswith(f"{OURS} teardown")
+                else:
+                    torn = [r for r in ran if r.startswith("teardown ") and f"vif={guest.vif}" in r]
+                    done = bool(torn) and "rc=0" in torn[0]
+                sc.check(f"libxl runs our teardown for {guest.vif}", done, torn)
             sc.check("no plug is left on any IFB", not plugged_ifbs(), plugged_ifbs())
             for guest in self.guests:
                 node = xs_read(f"{guest.netbuf}/ifb")
@@ -121,10 +126,17 @@ class Scenarios:
         status = remus.wait_connected()
         took = round(time.monotonic() - remus.started, 1)
         sc.figures[f"{guest.name}: xl remus to hotplug-status connected (s)"] = took
-        # the timing wrapper logs our setup when it exits, just after it wrote "connected"
-        wait_for(lambda: len(setup_ms(guest.vif)) > remus.setups_before, 10)
-        ours = setup_ms(guest.vif)[remus.setups_before :]
-        sc.figures[f"{guest.name}: our setup inside libxl (ms)"] = ours
+        if remus.script is None:  # xl.conf's script: libxl's own log says which it ran
+            ran = remus.ran("setup")
+            sc.check(
+                f"xl runs the script xl.conf names: {OURS}",
+                ran and ran[0].endswith(f"forking to execute: {OURS} setup"),
+                ran,
+            )
+        else:  # the timing wrapper logs our setup when it exits, just after "connected"
+            wait_for(lambda: len(setup_ms(guest.vif)) > remus.setups_before, 10)
+            ours = setup_ms(guest.vif)[remus.setups_before :]
+            sc.figures[f"{guest.name}: our setup inside libxl (ms)"] = ours
         if not sc.check(
             f"libxl's setup of our script for {guest.vif} succeeds", status == "connected", status
         ):
@@ -151,6 +163,7 @@ class Scenarios:
         assert self.receiver is not None
         g1 = self.guests[0]
         with self.scenario("fail") as sc:
+            kept = CONF.read_bytes() if CONF.exists() else None  # installed: our conffile
             CONF.write_text(
                 "# e2e: an invalid value, so that setup fails inside libxl\nplug_limit = 0\n"
             )
@@ -163,7 +176,10 @@ class Scenarios:
                     rc = remus.stop()
                 remus.reader.join(5)
             finally:
-                CONF.unlink()
+                if kept is None:
+                    CONF.unlink()
+                else:
+                    CONF.write_bytes(kept)
             text = remus.text()
             sc.check("xl remus fails", rc not in (0, None), f"exit {rc}")
             ours = re.search(r".*plug_limit.*", text)

@@ -176,9 +176,12 @@ class Remus:
     docs/real-xen-tier.md.)
     """
 
-    def __init__(self, guest: Guest, script: Path) -> None:
+    def __init__(self, guest: Guest, script: Path | None) -> None:
+        """``script`` None: no -N, xl runs the one xl.conf names (remus.default.netbufscript)."""
         self.guest = guest
-        argv = ["xl", "-vvv", "remus", "-F", "-b", "-i", str(CHECKPOINT_MS), "-N", str(script)]
+        self.script = script
+        argv = ["xl", "-vvv", "remus", "-F", "-b", "-i", str(CHECKPOINT_MS)]
+        argv += ["-N", str(script)] if script else []
         self.setups_before = len(setup_ms(guest.vif))  # our runs on this vif so far
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -206,6 +209,18 @@ class Remus:
 
     def text(self) -> str:
         return "\n".join(line for _, line in list(self.lines))
+
+    def ran(self, command: str) -> list[str]:
+        """libxl's lines (xl -vvv) saying it ran a hotplug script with ``command``, and how
+        that ended when it failed: ``forking to execute: SCRIPT setup``, ``SCRIPT setup [PID]
+        exited with error status 1``."""
+        return [
+            line
+            for _, line in list(self.lines)
+            if re.search(
+                rf"(forking to execute: \S+ {command}$|\S+ {command} \[\d+\] exited)", line
+            )
+        ]
 
     def wait_connected(self) -> str:
         """'connected', 'error', or what else the netbuf's hotplug-status was at the end."""

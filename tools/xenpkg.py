@@ -477,6 +477,42 @@ def fetch_debs(apt: Apt, version: str, debs: Path, say: Say) -> dict[str, tuple[
     return {name: (_deb_field(found[name], "Version"), found[name]) for name in wanted}
 
 
+# What a Debian dom0 has beside Xen that this host may lack, for ``dpkg -i`` of Xen's packages in
+# the tier's dom0 (not extracted into root/): xen-utils-common depends on udev, which must be of
+# the host's libudev1's version.
+DOM0_EXTRA = {"udev": "libudev1"}
+
+
+def dom0_debs(tree: XenTree, say: Say) -> list[Path]:
+    """The .debs the real-Xen tier's dom0 installs with dpkg to be a Debian dom0 running
+    Debian's Xen V: Xen's packages, the extra ones the host lacks, and DOM0_EXTRA's (each
+    downloaded once, pinned to the version of the host's library it must match)."""
+    debs = tree.cache / "debs"
+    found = [_deb_name(debs, name) for name in tree.packages]
+    for name, library in DOM0_EXTRA.items():
+        if host_version(name):
+            continue
+        version = host_version(library)
+        have = sorted(debs.glob(f"{name}_*.deb"))
+        if not have or (version and _deb_field(have[0], "Version") != version):
+            for stale in have:
+                stale.unlink()
+            apt = Apt(tree.cache / "apt")
+            spec = f"{name}={version}" if version else name
+            apt.run("apt-get", "download", spec, cwd=debs, check=False)
+            if not any(debs.glob(f"{name}_*.deb")):  # not in the lists of the last update
+                apt.update()
+                apt.run("apt-get", "download", spec, cwd=debs)
+            say(f"downloaded {spec} (the host has none; Xen's packages depend on it)")
+        found += sorted(debs.glob(f"{name}_*.deb"))
+    return found
+
+
+def _deb_name(debs: Path, name: str) -> Path:
+    [deb] = debs.glob(f"{name}_*.deb")
+    return deb
+
+
 def _deb_field(deb: Path, name: str) -> str:
     done = subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True)
     return done.stdout.strip()
