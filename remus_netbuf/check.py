@@ -419,7 +419,7 @@ def libxenlight_verdict(lib: Libxenlight, package: Provenance | None = None) -> 
     if package and package.netbuf_before:
         lost = (
             f"{shown}: lost network buffering: {package.package} {package.netbuf_before} "
-            f"(installed until {package.netbuf_until}) was replaced by {package.version} "
+            f"(installed {package.netbuf_installed}) was replaced by {package.version} "
             "(a Xen update from Debian?)"
         )
     else:

@@ -30,7 +30,7 @@ class Provenance:
     arch: str  # amd64
     version: str  # as installed now
     netbuf_before: str = ""  # the +netbuf version dpkg's log saw installed last ('' none)
-    netbuf_until: str = ""  # when the log last saw it installed
+    netbuf_installed: str = ""  # when dpkg's log last saw it installed
 
     @property
     def ours(self) -> bool:
@@ -99,8 +99,8 @@ def provenance(
         version = status_version(_read(status), package, arch or "amd64")
         if version is None:
             return None
-        before, until = last_netbuf(_read(log), package, arch or "amd64")
-        return Provenance(package, arch or "amd64", version, before, until)
+        before, when = last_netbuf(_read(log), package, arch or "amd64")
+        return Provenance(package, arch or "amd64", version, before, when)
     return None
 
 
