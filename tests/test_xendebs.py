@@ -112,6 +112,8 @@ def test_the_repack_changes_only_libxenlight_and_gains_network_buffering(
         ["dpkg-deb", "-I", str(ours), "md5sums"], capture_output=True, text=True, check=True
     ).stdout
     assert "usr/lib/x86_64-linux-gnu/libxenlight.so.4.17.0" in md5
+    found = subprocess.run(["lintian", str(ours)], capture_output=True, text=True)
+    assert [t for t in found.stdout.splitlines() if t[:2] in ("E:", "W:")] == [], found.stdout
 
 
 def test_a_library_missing_one_of_debians_symbols_is_refused(

@@ -54,7 +54,9 @@ SUFFIX = "+netbuf1"
 STATUS = Path("/var/lib/dpkg/status")
 DPKG_INFO = Path("/var/lib/dpkg/info")
 MULTIARCH = xenpkg.MULTIARCH
-MAINTAINER = "remus-netbuf <remus-netbuf@localhost>"
+MAINTAINER = re.search(  # the changelog entry's: our own package's maintainer
+    r"^Maintainer: (.*)$", (REPO / "debian" / "control").read_text(), re.M
+)[1]
 NOTE = (
     " .\n"
     " This build's libxenlight has Remus network buffering (built with libnl3,\n"
@@ -118,8 +120,9 @@ def changelog_entry(source: str, version: str, base: str, when: float) -> str:
     stamp = email.utils.formatdate(when, localtime=False).replace("-0000", "+0000")
     return (
         f"{source} ({version}) UNRELEASED; urgency=medium\n\n"
-        f"  * libxenlight rebuilt from xen {base}'s source with libnl3 (CONFIG_LIBNL=y):\n"
-        "    Remus network buffering for xl remus. No other file changed.\n\n"
+        f"  * libxenlight rebuilt from the source of xen {base}\n"
+        "    with libnl3 (CONFIG_LIBNL=y): Remus network buffering for xl remus.\n"
+        "    No other file changed (make xen-netbuf-debs, remus-netbuf).\n\n"
         f" -- {MAINTAINER}  {stamp}\n\n"
     )
 
