@@ -54,9 +54,8 @@ SUFFIX = "+netbuf1"
 STATUS = Path("/var/lib/dpkg/status")
 DPKG_INFO = Path("/var/lib/dpkg/info")
 MULTIARCH = xenpkg.MULTIARCH
-MAINTAINER = re.search(  # the changelog entry's: our own package's maintainer
-    r"^Maintainer: (.*)$", (REPO / "debian" / "control").read_text(), re.M
-)[1]
+# the changelog entry's: our own package's maintainer
+MAINTAINER = re.findall(r"^Maintainer: (.*)$", (REPO / "debian" / "control").read_text(), re.M)[0]
 NOTE = (
     " .\n"
     " This build's libxenlight has Remus network buffering (built with libnl3,\n"
