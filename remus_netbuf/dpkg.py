@@ -33,10 +33,6 @@ class Provenance:
     netbuf_installed: str = ""  # when dpkg's log last saw it installed
 
     @property
-    def ours(self) -> bool:
-        return MARK in self.version
-
-    @property
     def rebuilt_name(self) -> str:
         """What make xen-netbuf-debs makes for this version."""
         base = self.version.split(":", 1)[-1].split(MARK, 1)[0]
