@@ -273,12 +273,15 @@ def _build_other(branch: str, version: str, out: Path, say: Say) -> Path:
             f"Debian's source of Xen {version} is not downloadable here ({why}): its libxenlight "
             "cannot be rebuilt from that version's own source"
         )
-    tree = xenroot.ensure(cache, say)
-    if tree.netbuf_missing or tree.netbuf_note:
-        raise Failed(f"no netbuf build of {version}: {tree.netbuf_missing or tree.netbuf_note}")
+    # Past this point only where the mirror serves the source: never run here (it answers 404).
+    tree = xenroot.ensure(cache, say)  # builds trixie's newest, which must be this version
+    if tree.netbuf_missing or tree.netbuf_note or tree.version != version:
+        why = tree.netbuf_missing or tree.netbuf_note or f"the build is of {tree.version}"
+        raise Failed(f"no netbuf build of {version}: {why}")
     debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
     apt.run("apt-get", "download", f"libxenmisc{branch}={version}", cwd=debs)
-    [deb] = debs.glob(f"libxenmisc{branch}_*.deb")
+    [deb] = debs.glob(f"libxenmisc{branch}_{version.split(':', 1)[-1]}_*.deb")
     return repack(deb, tree.netbuf / f"libxenlight.so.{branch}.0", branch, out, say)
 
 
