@@ -37,6 +37,8 @@ def test_the_installed_xen_is_the_installed_libxenmisc() -> None:
     found = xendebs.installed_xen(STATUS)
     assert found == xendebs.Installed("libxenmisc4.17", "4.17", "4.17.5+72-g01140da4e8-1")
     assert xendebs.installed_xen(STATUS.replace("install ok installed", "purge ok not")) is None
+    held = STATUS.replace("install ok installed", "hold ok installed", 1)  # README: apt-mark hold
+    assert xendebs.installed_xen(held) == found
 
 
 def test_the_version_sorts_above_debians_and_is_not_suffixed_twice() -> None:

@@ -89,7 +89,7 @@ def installed_xen(status: str) -> Installed | None:
             line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
         )
         match = re.fullmatch(r"libxenmisc(\d+\.\d+)", fields.get("Package", ""))
-        if match and fields.get("Status") == "install ok installed":
+        if match and fields.get("Status", "").endswith(" installed"):  # held too
             found.append(Installed(match[0], match[1], fields.get("Version", "")))
     return max(found, key=lambda i: tuple(int(n) for n in i.branch.split("."))) if found else None
 
