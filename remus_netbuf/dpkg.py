@@ -13,13 +13,16 @@ on Debian and Ubuntu. On other distributions nothing is found and nothing is sai
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 INFO = "/var/lib/dpkg/info"
 STATUS = "/var/lib/dpkg/status"
 LOG = "/var/log/dpkg.log"
-MARK = "+netbuf"  # the suffix of make xen-netbuf-debs's versions
+MARK = "+netbuf"  # the suffix of make xen-netbuf-debs's versions: V+netbuf1
 PREFIX = "libxenmisc"
+_SUFFIX = re.compile(r"\+netbuf\d+$")
 
 
 @dataclass(frozen=True)
@@ -35,25 +38,45 @@ class Provenance:
     @property
     def rebuilt_name(self) -> str:
         """What make xen-netbuf-debs makes for this version."""
-        base = self.version.split(":", 1)[-1].split(MARK, 1)[0]
-        return f"{self.package}_{base}{MARK}1_{self.arch}.deb"
+        return f"{self.package}_{netbuf_version(self.version).split(':', 1)[-1]}_{self.arch}.deb"
 
 
 # --- plain functions over the files' text ----------------------------------------------------
 
 
-def status_version(status: str, package: str, arch: str) -> str | None:
-    """The installed version of ``package`` (of ``arch``) in dpkg's status file."""
+def base_version(version: str) -> str:
+    """Debian's version: a +netbufN suffix dropped."""
+    return _SUFFIX.sub("", version)
+
+
+def netbuf_version(version: str) -> str:
+    """The version make xen-netbuf-debs gives its build of Debian's ``version``."""
+    return base_version(version) + MARK + "1"
+
+
+def stanzas(status: str) -> Iterator[dict[str, str]]:
+    """The fields of each package in dpkg's status file (continuation lines left out)."""
     for stanza in status.split("\n\n"):
         fields: dict[str, str] = {}
         for line in stanza.splitlines():
             name, sep, value = line.partition(": ")
             if sep and not line[0].isspace():
                 fields[name] = value
+        yield fields
+
+
+def installed(fields: dict[str, str]) -> bool:
+    """Whether a status stanza's package is installed (held or not: ``hold ok installed``)."""
+    return fields.get("Status", "").endswith(" installed")
+
+
+def status_version(status: str, package: str, arch: str) -> str | None:
+    """The installed version of ``package`` (of ``arch``) in dpkg's status file."""
+    for fields in stanzas(status):
         if (
             fields.get("Package") == package
             and fields.get("Architecture") in (arch, "all")
-            and fields.get("Status", "").endswith(" installed")
+            and installed(fields)
         ):
             return fields.get("Version")
     return None

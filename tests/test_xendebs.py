@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from remus_netbuf import libxenlight
+from remus_netbuf import dpkg, libxenlight
 from tools import xendebs
 
 STATUS = """\
@@ -43,8 +43,8 @@ def test_the_installed_xen_is_the_installed_libxenmisc() -> None:
 
 def test_the_version_sorts_above_debians_and_is_not_suffixed_twice() -> None:
     base = "4.17.5+72-g01140da4e8-1"
-    ours = xendebs.netbuf_version(base)
-    assert ours == base + "+netbuf1" and xendebs.netbuf_version(ours) == ours
+    ours = dpkg.netbuf_version(base)
+    assert ours == base + "+netbuf1" and dpkg.netbuf_version(ours) == ours
     newer = subprocess.run(["dpkg", "--compare-versions", ours, "gt", base]).returncode
     assert newer == 0  # apt takes ours over Debian's identical version
     update = subprocess.run(["dpkg", "--compare-versions", "4.17.5+72-g01140da4e8-2", "gt", ours])

@@ -46,11 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 
-from remus_netbuf import libxenlight  # noqa: E402
+from remus_netbuf import dpkg, libxenlight  # noqa: E402
 from tools import xenpkg  # noqa: E402
 
 OUT = REPO / "dist" / "xen-netbuf"
-SUFFIX = "+netbuf1"
 STATUS = Path("/var/lib/dpkg/status")
 DPKG_INFO = Path("/var/lib/dpkg/info")
 MULTIARCH = xenpkg.MULTIARCH
@@ -84,19 +83,11 @@ class Installed:
 def installed_xen(status: str) -> Installed | None:
     """The installed ``libxenmisc<branch>`` in dpkg's status file, if any (the newest branch)."""
     found = []
-    for stanza in status.split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
-        )
+    for fields in dpkg.stanzas(status):
         match = re.fullmatch(r"libxenmisc(\d+\.\d+)", fields.get("Package", ""))
-        if match and fields.get("Status", "").endswith(" installed"):  # held too
+        if match and dpkg.installed(fields):  # held too
             found.append(Installed(match[0], match[1], fields.get("Version", "")))
     return max(found, key=lambda i: tuple(int(n) for n in i.branch.split("."))) if found else None
-
-
-def netbuf_version(version: str) -> str:
-    """Debian's version with our suffix (base version: any earlier suffix is dropped)."""
-    return re.sub(r"\+netbuf\d+$", "", version) + SUFFIX
 
 
 def control_for(control: str, version: str, depends: Sequence[str], installed_size: int) -> str:
@@ -204,7 +195,7 @@ def repack(debian_deb: Path, our_lib: Path, branch: str, out: Path, say: Say) ->
         control = (root / "DEBIAN" / "control").read_text()
         fields = dict(re.findall(r"^(Package|Version|Source): (.*)$", control, re.M))
         package, base = fields["Package"], fields["Version"]
-        version = netbuf_version(base)
+        version = dpkg.netbuf_version(base)
         changelog = root / "usr" / "share" / "doc" / package / "changelog.Debian.gz"
         entry = changelog_entry(fields.get("Source", "xen"), version, base, time.time())
         old = gzip.decompress(changelog.read_bytes()) if changelog.is_file() else b""
@@ -308,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    version = re.sub(r"\+netbuf\d+$", "", version)  # ours installed: rebuild Debian's V
+    version = dpkg.base_version(version)  # ours installed: rebuild Debian's V
     say(
         f"Xen {branch} {version or '(the newest with a source)'}"
         + (f": {installed.package} {installed.version} is installed" if installed else "")
