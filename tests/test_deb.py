@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shlex
-import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.bed import Bed, netbuf_path
-from tests.vmtier import scaled
+from tests.debs import contents, field, member, run
 from tools import deb, vm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,34 +39,6 @@ def built_deb() -> deb.Built:
     if isinstance(found, str):
         pytest.fail(found, pytrace=False)
     return found
-
-
-def run(
-    argv: list[str], timeout: float = 60, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run argv; shown with its output if the test fails."""
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=scaled(timeout), env=env)
-    print(f"$ {shlex.join(argv)}  (exit {done.returncode})\n{done.stdout}{done.stderr}")
-    return done
-
-
-def contents(package: Path) -> dict[str, str]:
-    """``dpkg-deb -c``: each path (without the leading ``.``) and its mode string."""
-    listing = run(["dpkg-deb", "-c", str(package)]).stdout.splitlines()
-    return {
-        line.split()[-1].removeprefix(".").rstrip("/") or "/": line.split()[0] for line in listing
-    }
-
-
-def field(package: Path, name: str) -> str:
-    return run(["dpkg-deb", "-f", str(package), name]).stdout.strip()
-
-
-def member(package: Path, name: str) -> str:
-    """A file of the control archive (conffiles, postinst ...)."""
-    tar = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(package)], capture_output=True)
-    done = subprocess.run(["tar", "-xO", f"./{name}"], input=tar.stdout, capture_output=True)
-    return done.stdout.decode()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from remus_netbuf import dpkg, libxenlight
+from tests.debs import contents, field, member
 from tools import xendebs
 
 STATUS = """\
@@ -76,24 +77,10 @@ def test_the_repack_changes_only_libxenlight_and_gains_network_buffering(
     ours = xendebs.repack(
         debian, xen_cache / "netbuf" / "libxenlight.so.4.17.0", "4.17", tmp_path / "out", print
     )
-    base = subprocess.run(
-        ["dpkg-deb", "-f", str(debian), "Version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    base = field(debian, "Version")
     assert ours.name == f"libxenmisc4.17_{base}+netbuf1_amd64.deb"
-
-    def listing(deb: Path) -> dict[str, str]:
-        out = subprocess.run(
-            ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
-        ).stdout
-        return {line.split()[5]: line.split()[0] for line in out.splitlines()}
-
-    assert listing(ours) == listing(debian)  # the same files, modes and links
-    fields = {
-        name: subprocess.run(
-            ["dpkg-deb", "-f", str(ours), name], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        for name in ("Version", "Depends", "Multi-Arch")
-    }
+    assert contents(ours) == contents(debian)  # the same files, modes and links
+    fields = {name: field(ours, name) for name in ("Version", "Depends", "Multi-Arch")}
     assert fields["Version"] == base + "+netbuf1" and fields["Multi-Arch"] == "same"
     assert fields["Depends"].endswith(", libnl-3-200, libnl-route-3-200")
     other_libraries = []
@@ -110,9 +97,7 @@ def test_the_repack_changes_only_libxenlight_and_gains_network_buffering(
     assert other_libraries[0] == other_libraries[1]  # libxenctrl, libxenguest ... are Debian's
     check = subprocess.run(["dpkg-deb", "--info", str(ours)], capture_output=True, text=True)
     assert check.returncode == 0
-    md5 = subprocess.run(
-        ["dpkg-deb", "-I", str(ours), "md5sums"], capture_output=True, text=True, check=True
-    ).stdout
+    md5 = member(ours, "md5sums")
     assert "usr/lib/x86_64-linux-gnu/libxenlight.so.4.17.0" in md5
     found = subprocess.run(["lintian", str(ours)], capture_output=True, text=True)
     assert [t for t in found.stdout.splitlines() if t[:2] in ("E:", "W:")] == [], found.stdout
