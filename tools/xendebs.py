@@ -152,13 +152,10 @@ def new_dependencies(debian_lib: Path, our_lib: Path) -> list[str]:
         set(libxenlight.read_dynamic(str(our_lib)).needed)
         - set(libxenlight.read_dynamic(str(debian_lib)).needed)
     )
+    files = [p.read_text(errors="replace") for p in sorted(DPKG_INFO.glob("*.shlibs"))]
     depends = []
     for soname in added:
-        dep = None
-        for shlibs in sorted(DPKG_INFO.glob("*.shlibs")):
-            dep = shlibs_dependency(shlibs.read_text(errors="replace"), soname)
-            if dep:
-                break
+        dep = next(filter(None, (shlibs_dependency(text, soname) for text in files)), None)
         if not dep:
             raise Failed(f"{soname}: no installed package's shlibs file names it")
         depends.append(dep)
