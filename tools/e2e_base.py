@@ -140,3 +140,23 @@ def wait_for(condition: Callable[[], T], timeout: float, step: float = 0.25) -> 
         if value or time.monotonic() > deadline:
             return value
         time.sleep(step)
+
+
+def remus_netbuf_check(label: str, *extra: str) -> tuple[int, dict[str, tuple[str, str]]]:
+    """``remus-netbuf check`` in dom0, its output said and logged in check.log: its exit
+    status, and its lines by check name (level, detail)."""
+    done = sh(str(CLI), "check", *extra)
+    with open(WORK / "check.log", "a") as log:
+        log.write(f"$ remus-netbuf check {' '.join(extra)}  # {label}\n{done.stdout}{done.stderr}")
+    for line in (done.stdout + done.stderr).splitlines():
+        say(f"check ({label}): {line}")
+    lines = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"(ok|warn|FAIL)\s+(\S+): (.*)", line)
+        if match:
+            lines[match[2]] = (match[1], match[3])
+    return done.returncode, lines
+
+
+def failing(lines: dict[str, tuple[str, str]]) -> list[str]:
+    return sorted(name for name, (level, _) in lines.items() if level == "FAIL")

@@ -35,6 +35,7 @@ from tools.e2e_base import (
     XEN_BRANCH,
     Results,
     Scenario,
+    remus_netbuf_check,
     say,
     sh,
     wait_for,
@@ -128,17 +129,13 @@ class Dom0(Scenarios, Installing):
                 ("the libxenlight xl loads", [], ours),
                 ("Debian's libxenlight", ["--libxenlight", str(debians)], False),
             ):
-                done = sh(str(CLI), "check", *extra)
-                with open(WORK / "check.log", "a") as log:
-                    log.write(f"$ remus-netbuf check {' '.join(extra)}\n{done.stdout}{done.stderr}")
-                for line in (done.stdout + done.stderr).splitlines():
-                    say(f"check: {line}")
-                found = [ln for ln in done.stdout.splitlines() if " libxenlight: " in ln]
-                built = bool(found) and "network buffering built in" in found[0]
+                rc, lines = remus_netbuf_check(label, *extra)
+                level, detail = lines.get("libxenlight", ("", f"rc {rc}: no libxenlight line"))
+                built = "network buffering built in" in detail
                 sc.check(
                     f"remus-netbuf check on {label}: {'netbuf' if netbuf else 'no netbuf'}",
-                    found and built == netbuf,
-                    found[0] if found else f"rc {done.returncode}: {done.stderr.strip()[-300:]}",
+                    level and built == netbuf,
+                    f"{level} {detail}",
                 )
 
     def guests_up(self) -> None:
@@ -170,24 +167,24 @@ class Dom0(Scenarios, Installing):
 
 
 def main() -> int:
-    only = [n for n in os.environ.get("E2E_ONLY", "").split(",") if n]
-    wanted = ["guests", *(only or SCENARIOS)]
-    if "check" not in wanted:  # in every dom0
-        wanted.insert(0, "check")
+    only = [n for n in os.environ.get("E2E_ONLY", "").split(",") if n and n != "check"]
+    chosen = only or list(SCENARIOS[1:])
+    guests = any(n in chosen for n in ("remus", "fail", "kill", "bash"))
+    # in every dom0 first: check, or (installed) our .deb and the netbuf Xen .deb
+    wanted = ["install" if INSTALLED else "check", *(["guests"] if guests else []), *chosen]
     if "remus" in wanted:
         wanted += ["two", "failover"]
+    if INSTALLED:  # at the end, Debian's update and a purge
+        wanted += ["update", "purge"]
     results = Results(wanted)
     results.stage("driver")
-    if INSTALLED:  # our .deb and the netbuf Xen .deb, then at the end an update and a purge
-        wanted = ["install", *[w for w in wanted if w != "check"], "update", "purge"]
-        results.wanted = wanted
     dom0 = Dom0(results)
     dom0.prepare()
     if INSTALLED:
         dom0.install()
     else:
         dom0.check()
-    if any(n in wanted for n in ("remus", "fail", "kill", "bash")):
+    if guests:
         dom0.guests_up()
     for name in SCENARIOS[1:]:
         if name in wanted:

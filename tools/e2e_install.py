@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from tools.e2e_base import CLI, WORK, XL_CONF, XL_LINE, Scenario, say, sh
+from tools.e2e_base import WORK, XL_CONF, XL_LINE, Scenario, failing, remus_netbuf_check, sh
 from tools.e2e_xl import plugged_ifbs
 
 PACKAGE = "remus-netbuf"
@@ -35,27 +35,8 @@ def debians_libxenmisc() -> str:
     return next(d for d in os.environ.get("E2E_XEN_DEBS", "").split() if "/libxenmisc" in d)
 
 
-def remus_netbuf_check(label: str) -> tuple[int, dict[str, tuple[str, str]]]:
-    """``remus-netbuf check`` (logged in check.log): its exit status and its lines by name."""
-    done = sh(str(CLI), "check")
-    with open(WORK / "check.log", "a") as log:
-        log.write(f"$ remus-netbuf check  # {label}\n{done.stdout}{done.stderr}")
-    for line in (done.stdout + done.stderr).splitlines():
-        say(f"check ({label}): {line}")
-    lines = {}
-    for line in done.stdout.splitlines():
-        match = re.match(r"(ok|warn|FAIL)\s+(\S+): (.*)", line)
-        if match:
-            lines[match[2]] = (match[1], match[3])
-    return done.returncode, lines
-
-
-def failing(lines: dict[str, tuple[str, str]]) -> list[str]:
-    return sorted(name for name, (level, _) in lines.items() if level == "FAIL")
-
-
 def apt_install(sc: Scenario, *debs: str, extra: tuple[str, ...] = ()) -> bool:
-    done = sh(*APT, *extra, *(f"{d}" for d in debs), env=ENV, timeout=600)
+    done = sh(*APT, *extra, *debs, env=ENV, timeout=600)
     with open(WORK / "apt.log", "a") as log:
         log.write(f"$ {' '.join(APT + extra)} {' '.join(debs)}\n{done.stdout}{done.stderr}")
     names = " ".join(f"./{Path(d).name}" for d in debs)
