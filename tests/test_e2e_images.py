@@ -27,6 +27,10 @@ def unpacked(image: Path, into: Path) -> Path:
     return into
 
 
+@pytest.mark.host_tools(
+    "builds a real-Xen tier initramfs with the host's busybox cpio: that tier's images are built "
+    "on the host"
+)
 @pytest.mark.parametrize("compressed", [False, True])
 def test_the_guest_image_holds_every_module_its_order_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool

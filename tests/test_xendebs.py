@@ -70,6 +70,10 @@ def test_a_dependency_comes_from_the_shlibs_line_of_the_soname() -> None:
     assert xendebs.shlibs_dependency(shlibs, "libnl-route-3.so.200") is None
 
 
+@pytest.mark.host_tools(
+    "repacks a Debian package with binutils (nm, strip) and lintian, as make xen-netbuf-debs "
+    "does: packaging is checked on the host"
+)
 def test_the_repack_changes_only_libxenlight_and_gains_network_buffering(
     xen_cache: Path, tmp_path: Path
 ) -> None:
@@ -103,6 +107,10 @@ def test_the_repack_changes_only_libxenlight_and_gains_network_buffering(
     assert [t for t in found.stdout.splitlines() if t[:2] in ("E:", "W:")] == [], found.stdout
 
 
+@pytest.mark.host_tools(
+    "reads symbols with binutils' nm, as make xen-netbuf-debs does: packaging is checked on the "
+    "host"
+)
 def test_a_library_missing_one_of_debians_symbols_is_refused(
     xen_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

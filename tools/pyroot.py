@@ -78,21 +78,6 @@ DEB_REASON = (
     "checks the Debian package (tools/deb.py), which the session hook would build from inside the "
     "root, installing a Debian build toolchain there: packaging is checked on the host"
 )
-# Tests of host build tools that need what a minbase root has not: they run on the host.
-HOST_TOOLS = {
-    "tests/test_e2e_images.py::test_the_guest_image_holds_every_module_its_order_names": (
-        "builds a real-Xen tier initramfs with the host's busybox cpio: that tier's images are "
-        "built on the host"
-    ),
-    "tests/test_xendebs.py::test_the_repack_": (
-        "repacks a Debian package with binutils (nm, strip) and lintian, as make "
-        "xen-netbuf-debs does: packaging is checked on the host"
-    ),
-    "tests/test_xendebs.py::test_a_library_missing_one_of_debians_symbols_is_refused": (
-        "reads symbols with binutils' nm, as make xen-netbuf-debs does: packaging is checked "
-        "on the host"
-    ),
-}
 VM_PLUMBING_REASON = (
     "runs the kernel tier's session setup, which fetches Debian's kernel with apt-get and "
     "depmods it (tools/vm.py): the kernel tier stays on the host"
@@ -292,11 +277,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     xen_cached = xenpkg.cached()
     reasons: dict[str, str] = {}
     for item in items:
-        host = [why for prefix, why in HOST_TOOLS.items() if item.nodeid.startswith(prefix)]
+        host = item.get_closest_marker("host_tools")
         if item.nodeid in VM_PLUMBING:
             reasons[item.nodeid] = VM_PLUMBING_REASON
         elif host:
-            reasons[item.nodeid] = host[0]
+            reasons[item.nodeid] = str(host.args[0])
         elif "xen_cache" in getattr(item, "fixturenames", ()) and not xen_cached:
             reasons[item.nodeid] = XEN_CACHE_REASON
         elif deb.FIXTURE in getattr(item, "fixturenames", ()):
